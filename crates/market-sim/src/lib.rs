@@ -1,0 +1,324 @@
+//! A seeded synthetic market: trades for a fixed set of symbols.
+//!
+//! Prices follow geometric Brownian motion whose volatility and trading activity depend on a
+//! per-symbol Markov regime (calm, normal, turbulent), stepped once per event-time minute.
+//! A fraction of trades can be labelled anomalies (price jumps off the path, outsized sizes).
+//! The same seed and configuration give the same trades, and each symbol draws from its own
+//! random stream, so one symbol's trades do not depend on which other symbols are simulated.
+//! The simulator does no I/O and knows nothing of wall time: callers map event time.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, LogNormal, Normal, Poisson};
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds in one event-time minute.
+pub const MINUTE_MS: i64 = 60_000;
+
+/// Static description of one simulated instrument.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SymbolSpec {
+    pub symbol: &'static str,
+    pub asset_class: &'static str,
+    pub base_price: f64,
+    /// Standard deviation of one-minute log returns in the normal regime.
+    pub vol_per_minute: f64,
+    /// Mean trade arrivals per second in the normal regime.
+    pub trades_per_second: f64,
+    /// Median trade size in base units.
+    pub median_size: f64,
+}
+
+/// The simulator's default universe. Volatilities are in the range of liquid crypto and
+/// equities at one-minute resolution.
+pub const DEFAULT_SYMBOLS: &[SymbolSpec] = &[
+    SymbolSpec { symbol: "BTC-USD", asset_class: "crypto", base_price: 65_000.0, vol_per_minute: 0.0012, trades_per_second: 4.0, median_size: 0.05 },
+    SymbolSpec { symbol: "ETH-USD", asset_class: "crypto", base_price: 3_200.0, vol_per_minute: 0.0015, trades_per_second: 3.0, median_size: 0.8 },
+    SymbolSpec { symbol: "SOL-USD", asset_class: "crypto", base_price: 150.0, vol_per_minute: 0.0020, trades_per_second: 2.0, median_size: 12.0 },
+    SymbolSpec { symbol: "XRP-USD", asset_class: "crypto", base_price: 0.55, vol_per_minute: 0.0018, trades_per_second: 1.5, median_size: 2_500.0 },
+    SymbolSpec { symbol: "AAPL", asset_class: "equity", base_price: 190.0, vol_per_minute: 0.0009, trades_per_second: 3.0, median_size: 100.0 },
+    SymbolSpec { symbol: "EUR-USD", asset_class: "fx", base_price: 1.08, vol_per_minute: 0.0004, trades_per_second: 5.0, median_size: 100_000.0 },
+];
+
+/// Looks up a default symbol by name.
+pub fn symbol_spec(symbol: &str) -> Option<&'static SymbolSpec> {
+    DEFAULT_SYMBOLS.iter().find(|s| s.symbol == symbol)
+}
+
+/// Volatility regime of one symbol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Regime {
+    Calm,
+    Normal,
+    Turbulent,
+}
+
+impl Regime {
+    pub const ALL: [Regime; 3] = [Regime::Calm, Regime::Normal, Regime::Turbulent];
+
+    /// Multiplier on the symbol's normal one-minute volatility.
+    pub fn vol_multiplier(self) -> f64 {
+        match self {
+            Regime::Calm => 0.5,
+            Regime::Normal => 1.0,
+            Regime::Turbulent => 3.0,
+        }
+    }
+
+    /// Multiplier on trade arrivals and sizes: turbulent markets trade more.
+    pub fn activity_multiplier(self) -> f64 {
+        match self {
+            Regime::Calm => 0.7,
+            Regime::Normal => 1.0,
+            Regime::Turbulent => 2.2,
+        }
+    }
+
+    /// Per-minute transition probabilities to (calm, normal, turbulent). Turbulence is
+    /// persistent but shorter-lived than calm, as in real markets.
+    fn transitions(self) -> [f64; 3] {
+        match self {
+            Regime::Calm => [0.97, 0.03, 0.0],
+            Regime::Normal => [0.02, 0.96, 0.02],
+            Regime::Turbulent => [0.0, 0.08, 0.92],
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Regime::Calm => "calm",
+            Regime::Normal => "normal",
+            Regime::Turbulent => "turbulent",
+        }
+    }
+}
+
+/// Label of an injected anomaly, so detectors downstream can be scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnomalyKind {
+    /// A print far off the price path (the path itself does not move).
+    PriceJump,
+    /// A trade many times the usual size.
+    OutsizedTrade,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+/// One simulated trade, in event time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trade {
+    pub symbol: &'static str,
+    /// Per-symbol sequence number, starting at 1.
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub price: f64,
+    pub size: f64,
+    pub side: Side,
+    pub regime: Regime,
+    pub anomaly: Option<AnomalyKind>,
+}
+
+/// Knobs of the simulation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MarketConfig {
+    pub seed: u64,
+    pub symbols: Vec<SymbolSpec>,
+    /// Event time of the first minute, in Unix milliseconds.
+    pub start_ms: i64,
+    /// Fraction of trades turned into labelled anomalies (0 for clean training data).
+    pub anomaly_rate: f64,
+}
+
+impl MarketConfig {
+    pub fn new(seed: u64) -> Self {
+        Self { seed, symbols: DEFAULT_SYMBOLS.to_vec(), start_ms: 1_767_225_600_000, anomaly_rate: 0.0 }
+    }
+}
+
+struct SymbolState {
+    spec: SymbolSpec,
+    rng: ChaCha8Rng,
+    log_price: f64,
+    regime: Regime,
+    seq: u64,
+}
+
+/// The market: call [`Market::next_minute`] to advance event time by one minute.
+pub struct Market {
+    symbols: Vec<SymbolState>,
+    minute_start_ms: i64,
+    anomaly_rate: f64,
+}
+
+impl std::fmt::Debug for Market {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Market")
+            .field("minute_start_ms", &self.minute_start_ms)
+            .field("symbols", &self.symbols.iter().map(|s| s.spec.symbol).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Market {
+    pub fn new(config: &MarketConfig) -> Self {
+        let symbols = config
+            .symbols
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| SymbolState {
+                spec: *spec,
+                // Independent stream per symbol: (seed, index) picks a ChaCha stream.
+                rng: {
+                    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+                    rng.set_stream(i as u64 + 1);
+                    rng
+                },
+                log_price: spec.base_price.ln(),
+                regime: Regime::Normal,
+                seq: 0,
+            })
+            .collect();
+        Self { symbols, minute_start_ms: config.start_ms, anomaly_rate: config.anomaly_rate.clamp(0.0, 1.0) }
+    }
+
+    /// Event time at which the next minute starts.
+    pub fn now_ms(&self) -> i64 {
+        self.minute_start_ms
+    }
+
+    pub fn regime(&self, symbol: &str) -> Option<Regime> {
+        self.symbols.iter().find(|s| s.spec.symbol == symbol).map(|s| s.regime)
+    }
+
+    /// Forces every symbol into `regime` (the generator's "switch regime" control); the
+    /// Markov chain continues from there.
+    pub fn force_regime(&mut self, regime: Regime) {
+        for s in &mut self.symbols {
+            s.regime = regime;
+        }
+    }
+
+    /// Simulates one event-time minute for every symbol; trades come sorted by time.
+    pub fn next_minute(&mut self) -> Vec<Trade> {
+        let start = self.minute_start_ms;
+        let mut trades = Vec::new();
+        for state in &mut self.symbols {
+            simulate_minute(state, start, self.anomaly_rate, &mut trades);
+        }
+        trades.sort_by_key(|t| t.ts_ms);
+        self.minute_start_ms += MINUTE_MS;
+        trades
+    }
+}
+
+fn simulate_minute(state: &mut SymbolState, start_ms: i64, anomaly_rate: f64, out: &mut Vec<Trade>) {
+    let regime = state.regime;
+    let spec = state.spec;
+    let activity = regime.activity_multiplier();
+    let sigma = spec.vol_per_minute * regime.vol_multiplier();
+    let mean_trades = spec.trades_per_second * 60.0 * activity;
+    let n = Poisson::new(mean_trades).map_or(1, |p| p.sample(&mut state.rng) as usize).max(1);
+
+    let mut offsets: Vec<i64> = (0..n).map(|_| state.rng.random_range(0..MINUTE_MS)).collect();
+    offsets.sort_unstable();
+    // Each trade carries an equal share of the minute's variance, so the minute's log return
+    // is N(-sigma^2/2, sigma^2) whatever the trade count.
+    let step = Normal::new(-0.5 * sigma * sigma / n as f64, sigma / (n as f64).sqrt()).ok();
+    let size_dist = LogNormal::new((spec.median_size * activity).ln(), 0.8).ok();
+    for offset in offsets {
+        let dr = step.map_or(0.0, |d| d.sample(&mut state.rng));
+        state.log_price += dr;
+        let mut price = state.log_price.exp();
+        let mut size = size_dist.map_or(spec.median_size, |d| d.sample(&mut state.rng));
+        let side = if dr > 0.0 || (dr == 0.0 && state.rng.random_bool(0.5)) { Side::Buy } else { Side::Sell };
+        let mut anomaly = None;
+        if anomaly_rate > 0.0 && state.rng.random_bool(anomaly_rate) {
+            if state.rng.random_bool(0.5) {
+                let jump = state.rng.random_range(0.03..0.10) * if state.rng.random_bool(0.5) { 1.0 } else { -1.0 };
+                price *= 1.0 + jump;
+                anomaly = Some(AnomalyKind::PriceJump);
+            } else {
+                size *= state.rng.random_range(50.0..200.0);
+                anomaly = Some(AnomalyKind::OutsizedTrade);
+            }
+        }
+        state.seq += 1;
+        out.push(Trade { symbol: spec.symbol, seq: state.seq, ts_ms: start_ms + offset, price, size, side, regime, anomaly });
+    }
+    state.regime = next_regime(regime, state.rng.random::<f64>());
+}
+
+fn next_regime(current: Regime, u: f64) -> Regime {
+    let mut acc = 0.0;
+    for (p, r) in current.transitions().into_iter().zip(Regime::ALL) {
+        acc += p;
+        if u < acc {
+            return r;
+        }
+    }
+    current
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(config: &MarketConfig, minutes: usize) -> Vec<Trade> {
+        let mut market = Market::new(config);
+        (0..minutes).flat_map(|_| market.next_minute()).collect()
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_trades() {
+        let config = MarketConfig::new(7);
+        assert_eq!(run(&config, 30), run(&config, 30));
+        assert_ne!(run(&config, 30), run(&MarketConfig::new(8), 30));
+    }
+
+    #[test]
+    fn a_symbols_trades_do_not_depend_on_the_other_symbols() {
+        let all = MarketConfig::new(7);
+        let mut eth_only = MarketConfig::new(7);
+        eth_only.symbols = vec![*symbol_spec("ETH-USD").expect("known")];
+        let from_all: Vec<_> = run(&all, 20).into_iter().filter(|t| t.symbol == "ETH-USD").collect();
+        assert_eq!(from_all, run(&eth_only, 20));
+    }
+
+    #[test]
+    fn turbulent_minutes_are_more_volatile_than_calm_ones() {
+        let realised = |regime: Regime| {
+            let mut config = MarketConfig::new(3);
+            config.symbols = vec![*symbol_spec("BTC-USD").expect("known")];
+            let mut market = Market::new(&config);
+            let mut closes = vec![];
+            for _ in 0..300 {
+                market.force_regime(regime);
+                closes.push(market.next_minute().last().expect("a trade").price);
+            }
+            let r: Vec<f64> = closes.windows(2).map(|w| (w[1] / w[0]).ln()).collect();
+            (r.iter().map(|x| x * x).sum::<f64>() / r.len() as f64).sqrt()
+        };
+        let (calm, turbulent) = (realised(Regime::Calm), realised(Regime::Turbulent));
+        assert!(turbulent > 4.0 * calm, "calm {calm}, turbulent {turbulent}");
+        // Within 20% of the configured volatility.
+        assert!((turbulent / (0.0012 * 3.0) - 1.0).abs() < 0.2, "turbulent {turbulent}");
+    }
+
+    #[test]
+    fn anomalies_are_labelled_at_about_the_configured_rate() {
+        let mut config = MarketConfig::new(11);
+        config.anomaly_rate = 0.01;
+        let trades = run(&config, 60);
+        let labelled = trades.iter().filter(|t| t.anomaly.is_some()).count() as f64;
+        let rate = labelled / trades.len() as f64;
+        assert!((0.005..0.02).contains(&rate), "rate {rate}");
+        assert!(trades.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms));
+    }
+}

@@ -1,0 +1,506 @@
+//! The metric catalogue: the one place in the workspace where metric names are written.
+//!
+//! Every metric a Tidewatch process can expose is a [`MetricDef`] constant here, with its
+//! type, unit, labels, help text and (for histograms) explicit buckets. The recorder registers
+//! descriptions and buckets from [`ALL`], `METRICS.md` is generated from it, and tests check
+//! that dashboards, alert rules and `/metrics` agree with it. Services never spell a metric
+//! name; they call [`MetricDef::counter`], [`MetricDef::gauge`] or [`MetricDef::histogram`].
+//!
+//! Label values must come from small fixed sets (route templates, enum variants, field names
+//! from a schema): never ids, raw paths, error messages or free text.
+
+use metrics::{Counter, Gauge, Histogram, Label};
+
+/// What kind of Prometheus series a metric produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl MetricKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        }
+    }
+}
+
+/// Which part of the system exposes a metric; a service declares the groups it serves so a
+/// test can prove that everything it promises is really exposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// RED metrics of every HTTP server (the [`crate::http`] layer).
+    Http,
+    /// Process resource metrics, collected by `metrics-process`.
+    Process,
+    /// Build information and uptime.
+    Runtime,
+    /// Component health state.
+    Health,
+    /// The volatility-spike model as served online.
+    Prediction,
+    /// Admin endpoints.
+    Admin,
+}
+
+impl Group {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Group::Http => "http",
+            Group::Process => "process",
+            Group::Runtime => "runtime",
+            Group::Health => "health",
+            Group::Prediction => "prediction",
+            Group::Admin => "admin",
+        }
+    }
+}
+
+/// One metric: everything a reader of `/metrics`, a dashboard or an alert needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: MetricKind,
+    /// Unit as written in the name's suffix (`seconds`, `bytes`), or `None` for counts/ratios.
+    pub unit: Option<&'static str>,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+    /// Histogram bucket upper bounds. Every histogram has explicit buckets: the exporter
+    /// would otherwise render a summary, which cannot be aggregated across instances.
+    pub buckets: &'static [f64],
+    pub group: Group,
+}
+
+impl MetricDef {
+    /// A counter handle for the given label values; keep it rather than calling this per event.
+    pub fn counter(&'static self, labels: &[(&'static str, &str)]) -> Counter {
+        debug_assert_eq!(self.kind, MetricKind::Counter, "{} is not a counter", self.name);
+        self.check_labels(labels);
+        metrics::counter!(self.name, to_labels(labels))
+    }
+
+    /// A gauge handle for the given label values.
+    pub fn gauge(&'static self, labels: &[(&'static str, &str)]) -> Gauge {
+        debug_assert_eq!(self.kind, MetricKind::Gauge, "{} is not a gauge", self.name);
+        self.check_labels(labels);
+        metrics::gauge!(self.name, to_labels(labels))
+    }
+
+    /// A histogram handle for the given label values.
+    pub fn histogram(&'static self, labels: &[(&'static str, &str)]) -> Histogram {
+        debug_assert_eq!(self.kind, MetricKind::Histogram, "{} is not a histogram", self.name);
+        self.check_labels(labels);
+        metrics::histogram!(self.name, to_labels(labels))
+    }
+
+    fn check_labels(&self, labels: &[(&'static str, &str)]) {
+        debug_assert!(
+            labels.len() == self.labels.len()
+                && labels.iter().zip(self.labels).all(|((k, _), want)| k == want),
+            "{}: labels {:?} do not match the catalogue {:?}",
+            self.name,
+            labels.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            self.labels
+        );
+    }
+}
+
+fn to_labels(labels: &[(&'static str, &str)]) -> Vec<Label> {
+    labels.iter().map(|(k, v)| Label::new(*k, v.to_string())).collect()
+}
+
+/// Request latency buckets: fine below 100 ms, where the latency SLO sits.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Body sizes, powers of four from 64 B to 4 MiB.
+const SIZE_BUCKETS: &[f64] = &[
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+];
+/// Model inference runs in microseconds.
+const INFERENCE_BUCKETS: &[f64] = &[
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3,
+];
+const PROBABILITY_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
+
+const HTTP_RED_LABELS: &[&str] = &["http_request_method", "http_route", "http_response_status_code"];
+
+// --- HTTP server (OpenTelemetry HTTP semantic conventions, Prometheus form) ---
+
+pub const HTTP_SERVER_REQUEST_DURATION: MetricDef = MetricDef {
+    name: "http_server_request_duration_seconds",
+    kind: MetricKind::Histogram,
+    unit: Some("seconds"),
+    labels: HTTP_RED_LABELS,
+    help: "Time from receiving a request to sending its response headers.",
+    buckets: LATENCY_BUCKETS,
+    group: Group::Http,
+};
+pub const HTTP_SERVER_REQUESTS: MetricDef = MetricDef {
+    name: "http_server_requests_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: HTTP_RED_LABELS,
+    help: "HTTP requests answered, by method, route template and status code.",
+    buckets: &[],
+    group: Group::Http,
+};
+pub const HTTP_SERVER_ACTIVE_REQUESTS: MetricDef = MetricDef {
+    name: "http_server_active_requests",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["http_request_method"],
+    help: "HTTP requests currently being handled.",
+    buckets: &[],
+    group: Group::Http,
+};
+pub const HTTP_SERVER_REQUEST_BODY_SIZE: MetricDef = MetricDef {
+    name: "http_server_request_body_size_bytes",
+    kind: MetricKind::Histogram,
+    unit: Some("bytes"),
+    labels: &["http_request_method", "http_route"],
+    help: "Size of HTTP request bodies (from Content-Length or the body's exact size).",
+    buckets: SIZE_BUCKETS,
+    group: Group::Http,
+};
+pub const HTTP_SERVER_RESPONSE_BODY_SIZE: MetricDef = MetricDef {
+    name: "http_server_response_body_size_bytes",
+    kind: MetricKind::Histogram,
+    unit: Some("bytes"),
+    labels: &["http_request_method", "http_route"],
+    help: "Size of HTTP response bodies whose size is known when headers are sent.",
+    buckets: SIZE_BUCKETS,
+    group: Group::Http,
+};
+
+// --- Process (names fixed by metrics-process, which follows the Prometheus client convention) ---
+
+pub const PROCESS_CPU_SECONDS: MetricDef = MetricDef {
+    name: "process_cpu_seconds_total",
+    kind: MetricKind::Counter,
+    unit: Some("seconds"),
+    labels: &[],
+    help: "Total user and system CPU time spent.",
+    buckets: &[],
+    group: Group::Process,
+};
+pub const PROCESS_RESIDENT_MEMORY: MetricDef = MetricDef {
+    name: "process_resident_memory_bytes",
+    kind: MetricKind::Gauge,
+    unit: Some("bytes"),
+    labels: &[],
+    help: "Resident memory size.",
+    buckets: &[],
+    group: Group::Process,
+};
+pub const PROCESS_VIRTUAL_MEMORY: MetricDef = MetricDef {
+    name: "process_virtual_memory_bytes",
+    kind: MetricKind::Gauge,
+    unit: Some("bytes"),
+    labels: &[],
+    help: "Virtual memory size.",
+    buckets: &[],
+    group: Group::Process,
+};
+pub const PROCESS_VIRTUAL_MEMORY_MAX: MetricDef = MetricDef {
+    name: "process_virtual_memory_max_bytes",
+    kind: MetricKind::Gauge,
+    unit: Some("bytes"),
+    labels: &[],
+    help: "Maximum amount of virtual memory available.",
+    buckets: &[],
+    group: Group::Process,
+};
+pub const PROCESS_OPEN_FDS: MetricDef = MetricDef {
+    name: "process_open_fds",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &[],
+    help: "Open file descriptors.",
+    buckets: &[],
+    group: Group::Process,
+};
+pub const PROCESS_MAX_FDS: MetricDef = MetricDef {
+    name: "process_max_fds",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &[],
+    help: "Maximum number of open file descriptors.",
+    buckets: &[],
+    group: Group::Process,
+};
+pub const PROCESS_START_TIME: MetricDef = MetricDef {
+    name: "process_start_time_seconds",
+    kind: MetricKind::Gauge,
+    unit: Some("seconds"),
+    labels: &[],
+    help: "Start time of the process since the Unix epoch.",
+    buckets: &[],
+    group: Group::Process,
+};
+pub const PROCESS_THREADS: MetricDef = MetricDef {
+    name: "process_threads",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &[],
+    help: "Number of OS threads in the process.",
+    buckets: &[],
+    group: Group::Process,
+};
+
+// --- Runtime ---
+
+pub const BUILD_INFO: MetricDef = MetricDef {
+    name: "tidewatch_build_info",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["service", "version", "git_commit", "rustc"],
+    help: "Always 1; labels identify the running build.",
+    buckets: &[],
+    group: Group::Runtime,
+};
+pub const UPTIME: MetricDef = MetricDef {
+    name: "tidewatch_uptime_seconds",
+    kind: MetricKind::Gauge,
+    unit: Some("seconds"),
+    labels: &[],
+    help: "Seconds since the service started.",
+    buckets: &[],
+    group: Group::Runtime,
+};
+
+// --- Health ---
+
+pub const HEALTH_STATUS: MetricDef = MetricDef {
+    name: "tidewatch_health_status",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["component", "status"],
+    help: "1 for the component's current status (healthy, degraded, unhealthy), 0 for the others.",
+    buckets: &[],
+    group: Group::Health,
+};
+
+// --- Prediction ---
+
+pub const PREDICTIONS: MetricDef = MetricDef {
+    name: "tidewatch_predictions_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["model", "variant", "outcome"],
+    help: "Predictions served, by model, variant and outcome (spike, no_spike).",
+    buckets: &[],
+    group: Group::Prediction,
+};
+pub const PREDICTION_PROBABILITY: MetricDef = MetricDef {
+    name: "tidewatch_prediction_probability",
+    kind: MetricKind::Histogram,
+    unit: None,
+    labels: &["variant"],
+    help: "Distribution of predicted spike probabilities.",
+    buckets: PROBABILITY_BUCKETS,
+    group: Group::Prediction,
+};
+pub const PREDICTION_INFERENCE_DURATION: MetricDef = MetricDef {
+    name: "tidewatch_prediction_inference_duration_seconds",
+    kind: MetricKind::Histogram,
+    unit: Some("seconds"),
+    labels: &["variant"],
+    help: "Time spent in the model for one prediction.",
+    buckets: INFERENCE_BUCKETS,
+    group: Group::Prediction,
+};
+pub const PREDICTION_VALIDATION_ERRORS: MetricDef = MetricDef {
+    name: "tidewatch_prediction_validation_errors_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["field"],
+    help: "Prediction requests rejected, by the offending field (without item indices).",
+    buckets: &[],
+    group: Group::Prediction,
+};
+pub const MODEL_INFO: MetricDef = MetricDef {
+    name: "tidewatch_model_info",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["model", "version"],
+    help: "Always 1; labels identify the loaded model artifact.",
+    buckets: &[],
+    group: Group::Prediction,
+};
+pub const MODEL_VARIANT_ACTIVE: MetricDef = MetricDef {
+    name: "tidewatch_model_variant_active",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["variant"],
+    help: "1 for the variant currently serving predictions, 0 for the others.",
+    buckets: &[],
+    group: Group::Prediction,
+};
+pub const MODEL_HELDOUT_SCORE: MetricDef = MetricDef {
+    name: "tidewatch_model_heldout_score",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["variant", "metric"],
+    help: "Score of each variant on the artifact's held-out set (accuracy, precision, recall, f1, auc).",
+    buckets: &[],
+    group: Group::Prediction,
+};
+
+// --- Admin ---
+
+pub const ADMIN_AUTH_FAILURES: MetricDef = MetricDef {
+    name: "tidewatch_admin_auth_failures_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["reason"],
+    help: "Rejected admin requests, by reason (missing, invalid, not_configured).",
+    buckets: &[],
+    group: Group::Admin,
+};
+pub const ADMIN_ACTIONS: MetricDef = MetricDef {
+    name: "tidewatch_admin_actions_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["action"],
+    help: "Admin actions carried out, by action.",
+    buckets: &[],
+    group: Group::Admin,
+};
+
+/// Every metric in the workspace, in the order `METRICS.md` lists them.
+pub const ALL: &[&MetricDef] = &[
+    &HTTP_SERVER_REQUEST_DURATION,
+    &HTTP_SERVER_REQUESTS,
+    &HTTP_SERVER_ACTIVE_REQUESTS,
+    &HTTP_SERVER_REQUEST_BODY_SIZE,
+    &HTTP_SERVER_RESPONSE_BODY_SIZE,
+    &PROCESS_CPU_SECONDS,
+    &PROCESS_RESIDENT_MEMORY,
+    &PROCESS_VIRTUAL_MEMORY,
+    &PROCESS_VIRTUAL_MEMORY_MAX,
+    &PROCESS_OPEN_FDS,
+    &PROCESS_MAX_FDS,
+    &PROCESS_START_TIME,
+    &PROCESS_THREADS,
+    &BUILD_INFO,
+    &UPTIME,
+    &HEALTH_STATUS,
+    &PREDICTIONS,
+    &PREDICTION_PROBABILITY,
+    &PREDICTION_INFERENCE_DURATION,
+    &PREDICTION_VALIDATION_ERRORS,
+    &MODEL_INFO,
+    &MODEL_VARIANT_ACTIVE,
+    &MODEL_HELDOUT_SCORE,
+    &ADMIN_AUTH_FAILURES,
+    &ADMIN_ACTIONS,
+];
+
+/// The groups every Tidewatch service exposes, whatever else it does.
+pub const COMMON_GROUPS: &[Group] = &[Group::Http, Group::Process, Group::Runtime, Group::Health];
+
+/// Looks a metric up by the name it has in the Prometheus exposition (histogram series
+/// suffixes `_bucket`, `_sum` and `_count` resolve to their histogram).
+pub fn lookup(series_name: &str) -> Option<&'static MetricDef> {
+    ALL.iter().copied().find(|m| m.name == series_name).or_else(|| {
+        ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+            let base = series_name.strip_suffix(suffix)?;
+            ALL.iter()
+                .copied()
+                .find(|m| m.name == base && m.kind == MetricKind::Histogram)
+        })
+    })
+}
+
+/// Renders the catalogue as the Markdown table in `METRICS.md`.
+pub fn markdown() -> String {
+    let mut out = String::from(
+        "# Metrics\n\n\
+         Generated from `crates/telemetry/src/catalog.rs` by \
+         `cargo run -p tidewatch-telemetry --example metrics_doc > METRICS.md`; \
+         a test fails when this file is out of date.\n\n\
+         | name | type | unit | labels | group | help |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for m in ALL {
+        let labels = if m.labels.is_empty() {
+            "-".to_owned()
+        } else {
+            m.labels.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", ")
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} | {} |\n",
+            m.name,
+            m.kind.as_str(),
+            m.unit.unwrap_or("-"),
+            labels,
+            m.group.as_str(),
+            m.help
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let mut seen = HashSet::new();
+        for m in ALL {
+            assert!(seen.insert(m.name), "{} is catalogued twice", m.name);
+            assert!(
+                m.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{} is not snake_case",
+                m.name
+            );
+            assert_eq!(
+                m.kind == MetricKind::Counter,
+                m.name.ends_with("_total"),
+                "{}: counters and only counters end in _total",
+                m.name
+            );
+            if let Some(unit) = m.unit {
+                let stem = m.name.trim_end_matches("_total");
+                assert!(stem.ends_with(unit), "{} must end in its unit {unit}", m.name);
+            }
+            assert!(!m.help.is_empty(), "{} has no help", m.name);
+        }
+    }
+
+    #[test]
+    fn every_histogram_has_explicit_sorted_buckets() {
+        for m in ALL.iter().filter(|m| m.kind == MetricKind::Histogram) {
+            assert!(!m.buckets.is_empty(), "{} has no buckets", m.name);
+            assert!(m.buckets.windows(2).all(|w| w[0] < w[1]), "{} buckets unsorted", m.name);
+        }
+        for m in ALL.iter().filter(|m| m.kind != MetricKind::Histogram) {
+            assert!(m.buckets.is_empty(), "{} is not a histogram but has buckets", m.name);
+        }
+    }
+
+    #[test]
+    fn histogram_series_suffixes_resolve_to_their_histogram() {
+        let m = lookup("http_server_request_duration_seconds_bucket").expect("found");
+        assert_eq!(m.name, HTTP_SERVER_REQUEST_DURATION.name);
+        assert!(lookup("http_server_requests_total_bucket").is_none());
+        assert!(lookup("no_such_metric").is_none());
+    }
+
+    #[test]
+    fn metrics_md_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../METRICS.md");
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            on_disk == markdown(),
+            "METRICS.md is out of date: run `cargo run -p tidewatch-telemetry --example metrics_doc > METRICS.md`"
+        );
+    }
+}

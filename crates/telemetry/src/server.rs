@@ -1,0 +1,107 @@
+//! The operational HTTP surface every service shares, and the middleware stack around it.
+
+use axum::extract::{MatchedPath, State};
+use axum::http::{header, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::http::{HttpMetricsLayer, UNMATCHED_ROUTE};
+use crate::shutdown::Shutdown;
+use crate::Telemetry;
+
+/// Content type of the Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `/metrics`, `/health`, `/health/live` and `/health/ready`, to merge into a service's router.
+pub fn ops_router(telemetry: Telemetry) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .with_state(telemetry)
+}
+
+async fn metrics(State(t): State<Telemetry>) -> Response {
+    let body = t.metrics.render();
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT))], body).into_response()
+}
+
+async fn health(State(t): State<Telemetry>) -> Response {
+    let report = t.health.report().await;
+    let code = if report.status == crate::health::Status::Unhealthy {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = serde_json::json!({
+        "service": t.build.service,
+        "version": t.build.version,
+        "status": report.status,
+        "ready": report.ready,
+        "draining": report.draining,
+        "uptime_seconds": t.metrics.uptime().as_secs(),
+        "components": report.components,
+    });
+    (code, Json(body)).into_response()
+}
+
+async fn live() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "alive" }))
+}
+
+async fn ready(State(t): State<Telemetry>) -> Response {
+    let report = t.health.report().await;
+    let code = if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({
+        "ready": report.ready,
+        "status": report.status,
+        "draining": report.draining,
+        "components": report.components,
+    });
+    (code, Json(body)).into_response()
+}
+
+/// Wraps a finished router (routes and fallback already added) in request ids, request
+/// spans and RED metrics. Applied with `Router::layer`, so it runs after routing and sees
+/// the matched route template.
+pub fn instrument(router: Router) -> Router {
+    router.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(TraceLayer::new_for_http().make_span_with(request_span))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(HttpMetricsLayer::new()),
+    )
+}
+
+fn request_span<B>(req: &Request<B>) -> tracing::Span {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
+    tracing::info_span!("request", request_id, method = %req.method(), route)
+}
+
+/// Serves `app` until shutdown is triggered, then stops accepting and finishes the requests
+/// in flight. Readiness turns false as soon as the shutdown starts.
+pub async fn serve(listener: TcpListener, app: Router, telemetry: &Telemetry, shutdown: Shutdown) -> std::io::Result<()> {
+    let health = telemetry.health.clone();
+    let stop = shutdown.cancelled();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            stop.await;
+            health.set_draining();
+        })
+        .await
+}
