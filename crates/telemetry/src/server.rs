@@ -1,5 +1,7 @@
 //! The operational HTTP surface every service shares, and the middleware stack around it.
 
+use std::time::Duration;
+
 use axum::extract::{MatchedPath, State};
 use axum::http::{header, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -93,15 +95,30 @@ fn request_span<B>(req: &Request<B>) -> tracing::Span {
     tracing::info_span!("request", request_id, method = %req.method(), route)
 }
 
-/// Serves `app` until shutdown is triggered, then stops accepting and finishes the requests
-/// in flight. Readiness turns false as soon as the shutdown starts.
-pub async fn serve(listener: TcpListener, app: Router, telemetry: &Telemetry, shutdown: Shutdown) -> std::io::Result<()> {
+/// Serves `app` until shutdown is triggered, then stops accepting and lets the requests in
+/// flight finish, for at most `grace`. Readiness turns false as soon as the shutdown starts.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    telemetry: &Telemetry,
+    shutdown: Shutdown,
+    grace: Duration,
+) -> std::io::Result<()> {
     let health = telemetry.health.clone();
     let stop = shutdown.cancelled();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            stop.await;
-            health.set_draining();
-        })
-        .await
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        stop.await;
+        health.set_draining();
+    });
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result,
+        () = deadline => {
+            tracing::warn!(grace_seconds = grace.as_secs(), "requests still in flight after the grace period; exiting anyway");
+            Ok(())
+        }
+    }
 }

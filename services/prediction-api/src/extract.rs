@@ -1,0 +1,129 @@
+//! `JsonBody<T>`: a JSON extractor whose rejections are [`ApiError`]s naming the field.
+//!
+//! axum's own `Json` answers in plain text and cannot say which field was wrong, so this
+//! one checks the content type (415), reads the body under the configured limit (413),
+//! tells syntax errors (400) from type errors (422) and reports the failing path, e.g.
+//! `features.vol_5m`, using serde_path_to_error.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::error::Category;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = read_json_body(req, state.max_body_bytes()).await?;
+        parse(&bytes).map(JsonBody)
+    }
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+async fn read_json_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !is_json(content_type) {
+        return Err(ApiError::client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            Some("content-type"),
+            format!("expected Content-Type: application/json, got {:?}", content_type),
+        ));
+    }
+    let too_large = || {
+        ApiError::client(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            Some("body"),
+            format!("request body exceeds {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+        let inner = e.into_inner();
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*inner);
+        let over_limit = std::iter::from_fn(|| {
+            let current = cause?;
+            cause = current.source();
+            Some(current)
+        })
+        .any(|c| c.is::<http_body_util::LengthLimitError>());
+        if over_limit {
+            too_large()
+        } else {
+            ApiError::client(StatusCode::BAD_REQUEST, "unreadable_body", Some("body"), "the request body could not be read")
+        }
+    })
+}
+
+/// Parses JSON into `T`, naming the failing path in the error.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path.is_empty() { None } else { Some(path) };
+        from_serde_error(e.inner(), field)
+    })?;
+    // Trailing characters after the JSON value are malformed input, not ignorable.
+    de.end().map_err(|e| from_serde_error(&e, None))?;
+    Ok(value)
+}
+
+/// Converts a value-level deserialisation failure (e.g. one batch item) into an error.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value, prefix: &str) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path.is_empty() { prefix.to_owned() } else { format!("{prefix}.{path}") };
+        from_serde_error(e.inner(), Some(field))
+    })
+}
+
+fn from_serde_error(e: &serde_json::Error, field: Option<String>) -> ApiError {
+    let message = e.to_string();
+    match e.classify() {
+        Category::Data => ApiError::invalid(field.as_deref().unwrap_or("body"), "invalid_type", message),
+        // serde_json reports numbers that overflow f64 (1e400) as syntax errors, but the JSON
+        // is well formed and the value is what is wrong.
+        Category::Syntax if message.starts_with("number out of range") && field.is_some() => {
+            ApiError::invalid(field.as_deref().unwrap_or("body"), "invalid_value", "number is not finite")
+        }
+        // The path of a syntax error is wherever the parser gave up, not a field at fault.
+        Category::Syntax | Category::Eof | Category::Io => ApiError::client(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            Some("body"),
+            format!("malformed JSON: {message}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn structured_suffixes_count_as_json() {
+        assert!(is_json("application/json"));
+        assert!(is_json("Application/JSON; charset=utf-8"));
+        assert!(is_json("application/problem+json"));
+        assert!(!is_json("text/plain"));
+        assert!(!is_json(""));
+    }
+}

@@ -1,0 +1,139 @@
+//! `prediction-api`: the volatility-spike model served over HTTP.
+//!
+//! - [`settings`]: flags and environment variables.
+//! - [`routes`]: handlers for prediction, model info and variant switch, system info.
+//! - [`extract`] and [`error`]: JSON input whose every rejection is a 4xx naming the field.
+//! - [`state`]: the model, the active variant, the admin check.
+//! - [`events`]: business metrics, registered once.
+//!
+//! [`Application::build`] loads the model and binds the listener (port 0 works and the real
+//! address is reported); [`Application::run`] serves until the shutdown signal.
+
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod routes;
+pub mod settings;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::routing::get;
+use axum::{Json, Router};
+use tidewatch_model::Model;
+use tidewatch_telemetry::server::{instrument, ops_router, serve};
+use tidewatch_telemetry::{ComponentHealth, Criticality, Shutdown, Telemetry};
+use tokio::net::TcpListener;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi as _;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::error::ApiError;
+use crate::events::ApiMetrics;
+use crate::settings::Settings;
+use crate::state::AppState;
+
+pub const SERVICE: &str = "prediction-api";
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Tidewatch prediction API", description = "Volatility-spike predictions from the Tidewatch model."),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// The API routes and their OpenAPI document, generated from the same handler annotations.
+pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(routes::predict::predict))
+        .routes(routes!(routes::predict::predict_batch))
+        .routes(routes!(routes::model::model_info))
+        .routes(routes!(routes::model::set_variant))
+        .routes(routes!(routes::system::system_info))
+        .with_state(state)
+        .split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    (router, doc)
+}
+
+/// The whole service: API, OpenAPI document, ops endpoints, JSON 404/405, instrumentation.
+pub fn router(state: AppState, telemetry: Telemetry) -> Router {
+    let (api, doc) = api(state);
+    let app = api
+        .route("/openapi.json", get(move || async move { Json(doc) }))
+        .merge(ops_router(telemetry))
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
+    instrument(app)
+}
+
+/// The same API handlers with no instrumentation at all: the benchmark's baseline.
+pub fn bare_router(state: AppState) -> Router {
+    api(state).0.fallback(|| async { ApiError::not_found() })
+}
+
+/// A built service: model loaded, listener bound.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    telemetry: Telemetry,
+    grace: Duration,
+}
+
+impl Application {
+    pub async fn build(settings: &Settings, telemetry: Telemetry) -> anyhow::Result<Self> {
+        let model = Model::load(&settings.model_path).context("the model artifact could not be loaded; the service cannot start")?;
+        let artifact = model.artifact();
+        tracing::info!(model = %artifact.name, version = %artifact.version, variant = settings.variant.as_str(), "model loaded");
+        let state = AppState::new(
+            model.clone(),
+            settings.variant,
+            settings.admin_token().cloned(),
+            settings.max_body_bytes,
+            ApiMetrics::register(artifact),
+            telemetry.build.clone(),
+            Some(telemetry.metrics.clone()),
+            settings.public_view(),
+        );
+        let probe = state.clone();
+        telemetry.health.register("model", Criticality::Critical, move || {
+            let a = probe.model().artifact();
+            let health = ComponentHealth::healthy(format!("{} {} loaded, serving {}", a.name, a.version, probe.variant().as_str()));
+            async move { health }
+        });
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        Ok(Self {
+            listener,
+            router: router(state, telemetry.clone()),
+            telemetry,
+            grace: Duration::from_secs(settings.shutdown_grace_seconds),
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is triggered and in-flight requests have finished.
+    pub async fn run(self, shutdown: Shutdown) -> std::io::Result<()> {
+        self.telemetry.metrics.spawn_upkeep(shutdown.token());
+        let addr = self.listener.local_addr()?;
+        tracing::info!(addr = %addr, "listening");
+        serve(self.listener, self.router, &self.telemetry, shutdown, self.grace).await
+    }
+}

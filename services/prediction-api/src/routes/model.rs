@@ -1,0 +1,117 @@
+//! `GET /v1/model` and the admin variant switch `PUT /v1/admin/model/variant`.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tidewatch_model::artifact::{BaselineRule, HeldOut, TrainingMetadata};
+use tidewatch_model::Variant;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::events::AuthFailure;
+use crate::extract::JsonBody;
+use crate::state::{Admission, AppState};
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: String,
+    /// The variant serving predictions now.
+    #[schema(value_type = String, example = "ml")]
+    pub variant: Variant,
+    #[schema(value_type = Vec<String>)]
+    pub variants: [Variant; 2],
+    pub features: Vec<String>,
+    pub threshold: f64,
+    pub baseline_rule: BaselineRule,
+    pub training: TrainingMetadata,
+    /// Held-out scores of both variants.
+    pub heldout: HeldOut,
+}
+
+/// Describes the loaded model: version, active variant, features, training and scores.
+#[utoipa::path(get, path = "/v1/model", tag = "model", responses((status = 200, body = ModelInfo)))]
+pub async fn model_info(State(state): State<AppState>) -> Json<ModelInfo> {
+    let a = state.model().artifact();
+    Json(ModelInfo {
+        name: a.name.clone(),
+        version: a.version.clone(),
+        variant: state.variant(),
+        variants: Variant::ALL,
+        features: a.features.clone(),
+        threshold: a.threshold,
+        baseline_rule: a.baseline,
+        training: a.training.clone(),
+        heldout: a.heldout,
+    })
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct SetVariant {
+    /// `ml` or `baseline`.
+    #[schema(required = true, nullable = false, example = "baseline")]
+    pub variant: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VariantChanged {
+    #[schema(value_type = String)]
+    pub variant: Variant,
+    #[schema(value_type = String)]
+    pub previous: Variant,
+}
+
+/// Refuses the request unless it carries the admin bearer token.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match state.admit(presented) {
+        Admission::Granted => Ok(()),
+        Admission::Refused(AuthFailure::NotConfigured) => Err(ApiError::client(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            None,
+            "admin endpoints are disabled: no ADMIN_TOKEN is configured",
+        )),
+        Admission::Refused(AuthFailure::Missing) => Err(ApiError::client(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            Some("authorization"),
+            "an Authorization: Bearer <token> header is required",
+        )),
+        Admission::Refused(AuthFailure::Invalid) => {
+            Err(ApiError::client(StatusCode::UNAUTHORIZED, "unauthorized", Some("authorization"), "invalid admin token"))
+        }
+    }
+}
+
+/// Switches the serving variant at run time (rollback without restart). Needs the token.
+#[utoipa::path(
+    put,
+    path = "/v1/admin/model/variant",
+    tag = "admin",
+    request_body = SetVariant,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = VariantChanged),
+        (status = 401, description = "Token missing or wrong", body = ErrorBody),
+        (status = 403, description = "Admin disabled: no token configured", body = ErrorBody),
+        (status = 422, description = "Unknown variant", body = ErrorBody),
+    )
+)]
+pub async fn set_variant(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<JsonBody<SetVariant>, ApiError>,
+) -> Result<Json<VariantChanged>, ApiError> {
+    authorize(&state, &headers)?;
+    let JsonBody(req) = body?;
+    let requested = req.variant.ok_or_else(|| ApiError::invalid("variant", "missing_field", "variant is required"))?;
+    let variant: Variant = requested.parse().map_err(|msg: String| ApiError::invalid("variant", "invalid_value", msg))?;
+    let previous = state.set_variant(variant);
+    tracing::info!(from = previous.as_str(), to = variant.as_str(), "model variant switched");
+    Ok(Json(VariantChanged { variant, previous }))
+}

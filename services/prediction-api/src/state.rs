@@ -1,0 +1,131 @@
+//! Shared request state: the loaded model, the active variant, the admin token, metrics.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret as _, SecretString};
+use subtle::ConstantTimeEq as _;
+use tidewatch_model::{Model, Variant};
+use tidewatch_telemetry::{BuildInfo, Metrics};
+
+use crate::events::{ApiMetrics, AuthFailure};
+use crate::settings::PublicSettings;
+
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    model: Model,
+    variant: AtomicU8,
+    admin_token: Option<SecretString>,
+    max_body_bytes: usize,
+    metrics: ApiMetrics,
+    build: BuildInfo,
+    process: Option<Metrics>,
+    settings: PublicSettings,
+}
+
+fn encode(v: Variant) -> u8 {
+    match v {
+        Variant::Ml => 0,
+        Variant::Baseline => 1,
+    }
+}
+
+fn decode(v: u8) -> Variant {
+    if v == 1 { Variant::Baseline } else { Variant::Ml }
+}
+
+/// What the admin check concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Granted,
+    Refused(AuthFailure),
+}
+
+impl AppState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: Model,
+        variant: Variant,
+        admin_token: Option<SecretString>,
+        max_body_bytes: usize,
+        metrics: ApiMetrics,
+        build: BuildInfo,
+        process: Option<Metrics>,
+        settings: PublicSettings,
+    ) -> Self {
+        metrics.variant_active(variant);
+        Self {
+            inner: Arc::new(Inner {
+                model,
+                variant: AtomicU8::new(encode(variant)),
+                admin_token,
+                max_body_bytes,
+                metrics,
+                build,
+                process,
+                settings,
+            }),
+        }
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.inner.model
+    }
+
+    pub fn variant(&self) -> Variant {
+        decode(self.inner.variant.load(Ordering::Acquire))
+    }
+
+    /// Switches the serving variant; returns the previous one.
+    pub fn set_variant(&self, variant: Variant) -> Variant {
+        let previous = decode(self.inner.variant.swap(encode(variant), Ordering::AcqRel));
+        self.inner.metrics.variant_active(variant);
+        self.inner.metrics.variant_switched();
+        previous
+    }
+
+    pub fn max_body_bytes(&self) -> usize {
+        self.inner.max_body_bytes
+    }
+
+    pub fn metrics(&self) -> &ApiMetrics {
+        &self.inner.metrics
+    }
+
+    pub fn build(&self) -> &BuildInfo {
+        &self.inner.build
+    }
+
+    pub fn uptime_seconds(&self) -> u64 {
+        self.inner.process.as_ref().map_or(0, |m| m.uptime().as_secs())
+    }
+
+    pub fn settings(&self) -> &PublicSettings {
+        &self.inner.settings
+    }
+
+    /// Checks a presented bearer token in constant time. With no token configured every
+    /// request is refused: admin endpoints are never open by default.
+    pub fn admit(&self, presented: Option<&str>) -> Admission {
+        let verdict = match (&self.inner.admin_token, presented) {
+            (None, _) => Admission::Refused(AuthFailure::NotConfigured),
+            (Some(_), None) => Admission::Refused(AuthFailure::Missing),
+            (Some(expected), Some(given)) => {
+                if bool::from(expected.expose_secret().as_bytes().ct_eq(given.as_bytes())) {
+                    Admission::Granted
+                } else {
+                    Admission::Refused(AuthFailure::Invalid)
+                }
+            }
+        };
+        if let Admission::Refused(reason) = verdict {
+            self.inner.metrics.auth_failure(reason);
+        }
+        verdict
+    }
+}
