@@ -171,13 +171,12 @@ impl Market {
         let symbols = config
             .symbols
             .iter()
-            .enumerate()
-            .map(|(i, spec)| SymbolState {
+            .map(|spec| SymbolState {
                 spec: *spec,
-                // Independent stream per symbol: (seed, index) picks a ChaCha stream.
+                // Independent stream per symbol: (seed, symbol name) picks a ChaCha stream.
                 rng: {
                     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-                    rng.set_stream(i as u64 + 1);
+                    rng.set_stream(fnv1a(spec.symbol));
                     rng
                 },
                 log_price: spec.base_price.ln(),
@@ -216,6 +215,11 @@ impl Market {
         self.minute_start_ms += MINUTE_MS;
         trades
     }
+}
+
+/// FNV-1a: a stable hash (unlike std's) so a symbol keeps its stream across releases.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn simulate_minute(state: &mut SymbolState, start_ms: i64, anomaly_rate: f64, out: &mut Vec<Trade>) {
