@@ -75,6 +75,10 @@ async fn read_json_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
 
 /// Parses JSON into `T`, naming the failing path in the error.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde would accept a JSON array for a struct, positionally; requests are objects.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::invalid("body", "invalid_type", "the request body must be a JSON object"));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -88,6 +92,9 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 /// Converts a value-level deserialisation failure (e.g. one batch item) into an error.
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value, prefix: &str) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::invalid(prefix, "invalid_type", format!("{prefix} must be a JSON object")));
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." || path.is_empty() { prefix.to_owned() } else { format!("{prefix}.{path}") };
