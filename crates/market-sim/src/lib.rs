@@ -32,12 +32,54 @@ pub struct SymbolSpec {
 /// The simulator's default universe. Volatilities are in the range of liquid crypto and
 /// equities at one-minute resolution.
 pub const DEFAULT_SYMBOLS: &[SymbolSpec] = &[
-    SymbolSpec { symbol: "BTC-USD", asset_class: "crypto", base_price: 65_000.0, vol_per_minute: 0.0012, trades_per_second: 4.0, median_size: 0.05 },
-    SymbolSpec { symbol: "ETH-USD", asset_class: "crypto", base_price: 3_200.0, vol_per_minute: 0.0015, trades_per_second: 3.0, median_size: 0.8 },
-    SymbolSpec { symbol: "SOL-USD", asset_class: "crypto", base_price: 150.0, vol_per_minute: 0.0020, trades_per_second: 2.0, median_size: 12.0 },
-    SymbolSpec { symbol: "XRP-USD", asset_class: "crypto", base_price: 0.55, vol_per_minute: 0.0018, trades_per_second: 1.5, median_size: 2_500.0 },
-    SymbolSpec { symbol: "AAPL", asset_class: "equity", base_price: 190.0, vol_per_minute: 0.0009, trades_per_second: 3.0, median_size: 100.0 },
-    SymbolSpec { symbol: "EUR-USD", asset_class: "fx", base_price: 1.08, vol_per_minute: 0.0004, trades_per_second: 5.0, median_size: 100_000.0 },
+    SymbolSpec {
+        symbol: "BTC-USD",
+        asset_class: "crypto",
+        base_price: 65_000.0,
+        vol_per_minute: 0.0012,
+        trades_per_second: 4.0,
+        median_size: 0.05,
+    },
+    SymbolSpec {
+        symbol: "ETH-USD",
+        asset_class: "crypto",
+        base_price: 3_200.0,
+        vol_per_minute: 0.0015,
+        trades_per_second: 3.0,
+        median_size: 0.8,
+    },
+    SymbolSpec {
+        symbol: "SOL-USD",
+        asset_class: "crypto",
+        base_price: 150.0,
+        vol_per_minute: 0.0020,
+        trades_per_second: 2.0,
+        median_size: 12.0,
+    },
+    SymbolSpec {
+        symbol: "XRP-USD",
+        asset_class: "crypto",
+        base_price: 0.55,
+        vol_per_minute: 0.0018,
+        trades_per_second: 1.5,
+        median_size: 2_500.0,
+    },
+    SymbolSpec {
+        symbol: "AAPL",
+        asset_class: "equity",
+        base_price: 190.0,
+        vol_per_minute: 0.0009,
+        trades_per_second: 3.0,
+        median_size: 100.0,
+    },
+    SymbolSpec {
+        symbol: "EUR-USD",
+        asset_class: "fx",
+        base_price: 1.08,
+        vol_per_minute: 0.0004,
+        trades_per_second: 5.0,
+        median_size: 100_000.0,
+    },
 ];
 
 /// Looks up a default symbol by name.
@@ -138,7 +180,12 @@ pub struct MarketConfig {
 
 impl MarketConfig {
     pub fn new(seed: u64) -> Self {
-        Self { seed, symbols: DEFAULT_SYMBOLS.to_vec(), start_ms: 1_767_225_600_000, anomaly_rate: 0.0 }
+        Self {
+            seed,
+            symbols: DEFAULT_SYMBOLS.to_vec(),
+            start_ms: 1_767_225_600_000,
+            anomaly_rate: 0.0,
+        }
     }
 }
 
@@ -161,7 +208,14 @@ impl std::fmt::Debug for Market {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Market")
             .field("minute_start_ms", &self.minute_start_ms)
-            .field("symbols", &self.symbols.iter().map(|s| s.spec.symbol).collect::<Vec<_>>())
+            .field(
+                "symbols",
+                &self
+                    .symbols
+                    .iter()
+                    .map(|s| s.spec.symbol)
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -184,7 +238,11 @@ impl Market {
                 seq: 0,
             })
             .collect();
-        Self { symbols, minute_start_ms: config.start_ms, anomaly_rate: config.anomaly_rate.clamp(0.0, 1.0) }
+        Self {
+            symbols,
+            minute_start_ms: config.start_ms,
+            anomaly_rate: config.anomaly_rate.clamp(0.0, 1.0),
+        }
     }
 
     /// Event time at which the next minute starts.
@@ -193,7 +251,10 @@ impl Market {
     }
 
     pub fn regime(&self, symbol: &str) -> Option<Regime> {
-        self.symbols.iter().find(|s| s.spec.symbol == symbol).map(|s| s.regime)
+        self.symbols
+            .iter()
+            .find(|s| s.spec.symbol == symbol)
+            .map(|s| s.regime)
     }
 
     /// Forces every symbol into `regime` (the generator's "switch regime" control); the
@@ -219,18 +280,29 @@ impl Market {
 
 /// FNV-1a: a stable hash (unlike std's) so a symbol keeps its stream across releases.
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
-fn simulate_minute(state: &mut SymbolState, start_ms: i64, anomaly_rate: f64, out: &mut Vec<Trade>) {
+fn simulate_minute(
+    state: &mut SymbolState,
+    start_ms: i64,
+    anomaly_rate: f64,
+    out: &mut Vec<Trade>,
+) {
     let regime = state.regime;
     let spec = state.spec;
     let activity = regime.activity_multiplier();
     let sigma = spec.vol_per_minute * regime.vol_multiplier();
     let mean_trades = spec.trades_per_second * 60.0 * activity;
-    let n = Poisson::new(mean_trades).map_or(1, |p| p.sample(&mut state.rng) as usize).max(1);
+    let n = Poisson::new(mean_trades)
+        .map_or(1, |p| p.sample(&mut state.rng) as usize)
+        .max(1);
 
-    let mut offsets: Vec<i64> = (0..n).map(|_| state.rng.random_range(0..MINUTE_MS)).collect();
+    let mut offsets: Vec<i64> = (0..n)
+        .map(|_| state.rng.random_range(0..MINUTE_MS))
+        .collect();
     offsets.sort_unstable();
     // Each trade carries an equal share of the minute's variance, so the minute's log return
     // is N(-sigma^2/2, sigma^2) whatever the trade count.
@@ -241,11 +313,20 @@ fn simulate_minute(state: &mut SymbolState, start_ms: i64, anomaly_rate: f64, ou
         state.log_price += dr;
         let mut price = state.log_price.exp();
         let mut size = size_dist.map_or(spec.median_size, |d| d.sample(&mut state.rng));
-        let side = if dr > 0.0 || (dr == 0.0 && state.rng.random_bool(0.5)) { Side::Buy } else { Side::Sell };
+        let side = if dr > 0.0 || (dr == 0.0 && state.rng.random_bool(0.5)) {
+            Side::Buy
+        } else {
+            Side::Sell
+        };
         let mut anomaly = None;
         if anomaly_rate > 0.0 && state.rng.random_bool(anomaly_rate) {
             if state.rng.random_bool(0.5) {
-                let jump = state.rng.random_range(0.03..0.10) * if state.rng.random_bool(0.5) { 1.0 } else { -1.0 };
+                let jump = state.rng.random_range(0.03..0.10)
+                    * if state.rng.random_bool(0.5) {
+                        1.0
+                    } else {
+                        -1.0
+                    };
                 price *= 1.0 + jump;
                 anomaly = Some(AnomalyKind::PriceJump);
             } else {
@@ -254,7 +335,16 @@ fn simulate_minute(state: &mut SymbolState, start_ms: i64, anomaly_rate: f64, ou
             }
         }
         state.seq += 1;
-        out.push(Trade { symbol: spec.symbol, seq: state.seq, ts_ms: start_ms + offset, price, size, side, regime, anomaly });
+        out.push(Trade {
+            symbol: spec.symbol,
+            seq: state.seq,
+            ts_ms: start_ms + offset,
+            price,
+            size,
+            side,
+            regime,
+            anomaly,
+        });
     }
     state.regime = next_regime(regime, state.rng.random::<f64>());
 }
@@ -291,7 +381,10 @@ mod tests {
         let all = MarketConfig::new(7);
         let mut eth_only = MarketConfig::new(7);
         eth_only.symbols = vec![*symbol_spec("ETH-USD").expect("known")];
-        let from_all: Vec<_> = run(&all, 20).into_iter().filter(|t| t.symbol == "ETH-USD").collect();
+        let from_all: Vec<_> = run(&all, 20)
+            .into_iter()
+            .filter(|t| t.symbol == "ETH-USD")
+            .collect();
         assert_eq!(from_all, run(&eth_only, 20));
     }
 
@@ -312,7 +405,10 @@ mod tests {
         let (calm, turbulent) = (realised(Regime::Calm), realised(Regime::Turbulent));
         assert!(turbulent > 4.0 * calm, "calm {calm}, turbulent {turbulent}");
         // Within 20% of the configured volatility.
-        assert!((turbulent / (0.0012 * 3.0) - 1.0).abs() < 0.2, "turbulent {turbulent}");
+        assert!(
+            (turbulent / (0.0012 * 3.0) - 1.0).abs() < 0.2,
+            "turbulent {turbulent}"
+        );
     }
 
     #[test]

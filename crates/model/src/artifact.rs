@@ -109,9 +109,17 @@ pub struct HeldOut {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read model artifact {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("model artifact {path} is not valid JSON for schema version {SCHEMA_VERSION}: {source}")]
-    Parse { path: String, source: serde_json::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "model artifact {path} is not valid JSON for schema version {SCHEMA_VERSION}: {source}"
+    )]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("model artifact {path} is invalid: {reason}")]
     Invalid { path: String, reason: String },
 }
@@ -119,17 +127,32 @@ pub enum LoadError {
 impl ModelArtifact {
     pub fn load(path: &Path) -> Result<Self, LoadError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: shown.clone(),
+            source,
+        })?;
         Self::from_json(&text).map_err(|e| match e {
-            LoadError::Parse { source, .. } => LoadError::Parse { path: shown.clone(), source },
-            LoadError::Invalid { reason, .. } => LoadError::Invalid { path: shown.clone(), reason },
+            LoadError::Parse { source, .. } => LoadError::Parse {
+                path: shown.clone(),
+                source,
+            },
+            LoadError::Invalid { reason, .. } => LoadError::Invalid {
+                path: shown.clone(),
+                reason,
+            },
             other => other,
         })
     }
 
     pub fn from_json(text: &str) -> Result<Self, LoadError> {
-        let artifact: Self = serde_json::from_str(text).map_err(|source| LoadError::Parse { path: String::new(), source })?;
-        artifact.validate().map_err(|reason| LoadError::Invalid { path: String::new(), reason })?;
+        let artifact: Self = serde_json::from_str(text).map_err(|source| LoadError::Parse {
+            path: String::new(),
+            source,
+        })?;
+        artifact.validate().map_err(|reason| LoadError::Invalid {
+            path: String::new(),
+            reason,
+        })?;
         Ok(artifact)
     }
 
@@ -142,10 +165,16 @@ impl ModelArtifact {
 
     fn validate(&self) -> Result<(), String> {
         if self.schema_version != SCHEMA_VERSION {
-            return Err(format!("schema_version {} is not {SCHEMA_VERSION}", self.schema_version));
+            return Err(format!(
+                "schema_version {} is not {SCHEMA_VERSION}",
+                self.schema_version
+            ));
         }
         if self.features != FEATURE_NAMES {
-            return Err(format!("features {:?} are not {:?}", self.features, FEATURE_NAMES));
+            return Err(format!(
+                "features {:?} are not {:?}",
+                self.features, FEATURE_NAMES
+            ));
         }
         let n = FEATURE_NAMES.len();
         for (what, len) in [
@@ -158,7 +187,13 @@ impl ModelArtifact {
                 return Err(format!("{what} has {len} entries, expected {n}"));
             }
         }
-        let numbers = self.scaler.mean.iter().chain(&self.scaler.std).chain(&self.weights).chain([&self.intercept]);
+        let numbers = self
+            .scaler
+            .mean
+            .iter()
+            .chain(&self.scaler.std)
+            .chain(&self.weights)
+            .chain([&self.intercept]);
         if numbers.clone().any(|x| !x.is_finite()) {
             return Err("weights and scaling must be finite".into());
         }

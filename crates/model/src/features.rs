@@ -7,7 +7,14 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 /// Feature names in the order of [`Features::to_array`] and the artifact's weights.
-pub const FEATURE_NAMES: [&str; 6] = ["ret_1m", "ret_5m", "vol_5m", "vol_15m", "volume_z", "trade_rate"];
+pub const FEATURE_NAMES: [&str; 6] = [
+    "ret_1m",
+    "ret_5m",
+    "vol_5m",
+    "vol_15m",
+    "volume_z",
+    "trade_rate",
+];
 
 /// Bars of history needed before the first feature vector: 15 one-minute returns.
 pub const WARMUP_BARS: usize = 16;
@@ -33,7 +40,14 @@ pub struct Features {
 
 impl Features {
     pub fn to_array(&self) -> [f64; 6] {
-        [self.ret_1m, self.ret_5m, self.vol_5m, self.vol_15m, self.volume_z, self.trade_rate]
+        [
+            self.ret_1m,
+            self.ret_5m,
+            self.vol_5m,
+            self.vol_15m,
+            self.volume_z,
+            self.trade_rate,
+        ]
     }
 }
 
@@ -52,7 +66,15 @@ pub struct Bar {
 impl Bar {
     /// Starts a bar with its first trade.
     pub fn open_at(start_ms: i64, price: f64, size: f64) -> Self {
-        Self { start_ms, open: price, high: price, low: price, close: price, volume: size, trades: 1 }
+        Self {
+            start_ms,
+            open: price,
+            high: price,
+            low: price,
+            close: price,
+            volume: size,
+            trades: 1,
+        }
     }
 
     /// Adds a later trade of the same minute.
@@ -107,10 +129,20 @@ impl FeatureBuilder {
             .collect();
         let n = returns.len();
         let last = self.closes[self.closes.len() - 1];
-        let previous: Vec<f64> = self.volumes.iter().take(self.volumes.len() - 1).copied().collect();
+        let previous: Vec<f64> = self
+            .volumes
+            .iter()
+            .take(self.volumes.len() - 1)
+            .copied()
+            .collect();
         let mean = previous.iter().sum::<f64>() / previous.len() as f64;
-        let sd = (previous.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / previous.len() as f64).sqrt();
-        let volume_z = if sd > 0.0 { (bar.volume - mean) / sd } else { 0.0 };
+        let sd = (previous.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / previous.len() as f64)
+            .sqrt();
+        let volume_z = if sd > 0.0 {
+            (bar.volume - mean) / sd
+        } else {
+            0.0
+        };
         Some(Features {
             ret_1m: returns[n - 1],
             ret_5m: (last / self.closes[self.closes.len() - 6]).ln(),
@@ -127,7 +159,15 @@ mod tests {
     use super::*;
 
     fn bar(i: i64, close: f64, volume: f64) -> Bar {
-        Bar { start_ms: i * 60_000, open: close, high: close, low: close, close, volume, trades: 120 }
+        Bar {
+            start_ms: i * 60_000,
+            open: close,
+            high: close,
+            low: close,
+            close,
+            volume,
+            trades: 120,
+        }
     }
 
     #[test]

@@ -18,7 +18,18 @@ pub use artifact::{LoadError, ModelArtifact};
 pub use features::{Features, FEATURE_NAMES};
 
 /// Which predictor answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Variant {
     /// The trained logistic regression.
@@ -44,7 +55,9 @@ impl std::str::FromStr for Variant {
         match s {
             "ml" => Ok(Variant::Ml),
             "baseline" => Ok(Variant::Baseline),
-            other => Err(format!("unknown variant {other:?}, expected ml or baseline")),
+            other => Err(format!(
+                "unknown variant {other:?}, expected ml or baseline"
+            )),
         }
     }
 }
@@ -82,12 +95,16 @@ impl Model {
     /// The model's log-odds for the `ml` variant.
     fn logit(&self, x: &[f64; 6]) -> f64 {
         let a = &self.artifact;
-        let mut z = a.intercept;
-        for i in 0..x.len() {
-            let t = a.transforms[i].apply(x[i]);
-            z += a.weights[i] * (t - a.scaler.mean[i]) / a.scaler.std[i];
-        }
-        z
+        x.iter()
+            .zip(&a.transforms)
+            .zip(
+                a.weights
+                    .iter()
+                    .zip(a.scaler.mean.iter().zip(&a.scaler.std)),
+            )
+            .fold(a.intercept, |z, ((x, t), (w, (mean, std)))| {
+                z + w * (t.apply(*x) - mean) / std
+            })
     }
 
     pub fn predict(&self, variant: Variant, features: &Features) -> Prediction {
@@ -100,11 +117,18 @@ impl Model {
             }
         };
         // NaN can only come from non-finite input, which callers reject; never leak it.
-        let probability = if probability.is_nan() { 0.0 } else { probability.clamp(0.0, 1.0) };
+        let probability = if probability.is_nan() {
+            0.0
+        } else {
+            probability.clamp(0.0, 1.0)
+        };
         let threshold = match variant {
             Variant::Ml => self.artifact.threshold,
             Variant::Baseline => 0.5,
         };
-        Prediction { probability, spike: probability >= threshold }
+        Prediction {
+            probability,
+            spike: probability >= threshold,
+        }
     }
 }

@@ -6,7 +6,10 @@
 
 use tidewatch_market_sim::{Market, MarketConfig};
 
-use crate::artifact::{BaselineRule, HeldOut, ModelArtifact, Scaler, Scores, TrainingMetadata, Transform, SCHEMA_VERSION};
+use crate::artifact::{
+    BaselineRule, HeldOut, ModelArtifact, Scaler, Scores, TrainingMetadata, Transform,
+    SCHEMA_VERSION,
+};
 use crate::features::{realised_vol, Bar, FeatureBuilder, FEATURE_NAMES};
 use crate::{Features, Model, Variant};
 
@@ -79,7 +82,11 @@ pub fn dataset(config: &TrainConfig) -> (Vec<Example>, Vec<Example>) {
         let start = market.now_ms();
         let mut current: Vec<Option<Bar>> = vec![None; symbols];
         for trade in market.next_minute() {
-            let i = market_config.symbols.iter().position(|s| s.symbol == trade.symbol).unwrap_or(0);
+            let i = market_config
+                .symbols
+                .iter()
+                .position(|s| s.symbol == trade.symbol)
+                .unwrap_or(0);
             match &mut current[i] {
                 Some(bar) => bar.add(trade.price, trade.size),
                 slot => *slot = Some(Bar::open_at(start, trade.price, trade.size)),
@@ -97,12 +104,19 @@ pub fn dataset(config: &TrainConfig) -> (Vec<Example>, Vec<Example>) {
         let mut builder = FeatureBuilder::new();
         let cut = (series.len() as f64 * (1.0 - config.test_fraction)) as usize;
         for t in 0..series.len() {
-            let Some(features) = builder.push(&series[t]) else { continue };
+            let Some(features) = builder.push(&series[t]) else {
+                continue;
+            };
             if t + horizon >= series.len() {
                 break;
             }
-            let future: Vec<f64> = (t + 1..=t + horizon).map(|k| (series[k].close / series[k - 1].close).ln()).collect();
-            let example = Example { features, spike: realised_vol(&future) > config.spike_threshold };
+            let future: Vec<f64> = (t + 1..=t + horizon)
+                .map(|k| (series[k].close / series[k - 1].close).ln())
+                .collect();
+            let example = Example {
+                features,
+                spike: realised_vol(&future) > config.spike_threshold,
+            };
             if t + horizon < cut {
                 train.push(example);
             } else if t >= cut {
@@ -124,11 +138,17 @@ pub fn fit(examples: &[Example], l2: f64, max_iterations: u64) -> (Scaler, Vec<f
     const D: usize = 7;
     let n = examples.len().max(1) as f64;
     let rows: Vec<[f64; 6]> = examples.iter().map(|e| design_row(&e.features)).collect();
-    let mean: Vec<f64> = (0..6).map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / n).collect();
+    let mean: Vec<f64> = (0..6)
+        .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / n)
+        .collect();
     let std: Vec<f64> = (0..6)
         .map(|j| {
             let s = (rows.iter().map(|r| (r[j] - mean[j]).powi(2)).sum::<f64>() / n).sqrt();
-            if s > 0.0 { s } else { 1.0 }
+            if s > 0.0 {
+                s
+            } else {
+                1.0
+            }
         })
         .collect();
     let xs: Vec<[f64; D]> = rows
@@ -183,10 +203,11 @@ fn solve<const D: usize>(mut a: [[f64; D]; D], mut b: [f64; D]) -> Option<[f64; 
         }
         a.swap(col, pivot);
         b.swap(col, pivot);
+        let pivot_row = a[col];
         for row in col + 1..D {
-            let f = a[row][col] / a[col][col];
-            for k in col..D {
-                a[row][k] -= f * a[col][k];
+            let f = a[row][col] / pivot_row[col];
+            for (cell, p) in a[row][col..].iter_mut().zip(&pivot_row[col..]) {
+                *cell -= f * p;
             }
             b[row] -= f * b[col];
         }
@@ -224,7 +245,11 @@ pub fn score(probabilities: &[f64], labels: &[bool], threshold: f64) -> Scores {
 
 /// Area under the ROC curve by the rank-sum (Mann-Whitney) statistic, ties counted half.
 pub fn auc(probabilities: &[f64], labels: &[bool]) -> f64 {
-    let mut pairs: Vec<(f64, bool)> = probabilities.iter().copied().zip(labels.iter().copied()).collect();
+    let mut pairs: Vec<(f64, bool)> = probabilities
+        .iter()
+        .copied()
+        .zip(labels.iter().copied())
+        .collect();
     pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let positives = pairs.iter().filter(|p| p.1).count() as f64;
     let negatives = pairs.len() as f64 - positives;
@@ -249,24 +274,38 @@ pub fn auc(probabilities: &[f64], labels: &[bool]) -> f64 {
 fn fit_baseline(model_for: impl Fn(BaselineRule) -> Model, train: &[Example]) -> BaselineRule {
     let labels: Vec<bool> = train.iter().map(|e| e.spike).collect();
     (0..=40)
-        .map(|i| BaselineRule { ratio_threshold: (800.0 + 25.0 * i as f64) / 1000.0, steepness: 8.0 })
+        .map(|i| BaselineRule {
+            ratio_threshold: (800.0 + 25.0 * i as f64) / 1000.0,
+            steepness: 8.0,
+        })
         .map(|rule| {
             let model = model_for(rule);
-            let probs: Vec<f64> = train.iter().map(|e| model.predict(Variant::Baseline, &e.features).probability).collect();
+            let probs: Vec<f64> = train
+                .iter()
+                .map(|e| model.predict(Variant::Baseline, &e.features).probability)
+                .collect();
             (rule, score(&probs, &labels, 0.5).f1)
         })
         .fold(None::<(BaselineRule, f64)>, |best, (rule, f1)| match best {
             Some((_, best_f1)) if best_f1 >= f1 => best,
             _ => Some((rule, f1)),
         })
-        .map_or(BaselineRule { ratio_threshold: 1.25, steepness: 8.0 }, |(rule, _)| rule)
+        .map_or(
+            BaselineRule {
+                ratio_threshold: 1.25,
+                steepness: 8.0,
+            },
+            |(rule, _)| rule,
+        )
 }
 
 /// Trains both variants and returns the complete artifact.
 pub fn train(config: &TrainConfig) -> ModelArtifact {
     let (train_set, test_set) = dataset(config);
-    let (scaler, weights, intercept, iterations) = fit(&train_set, config.l2, config.max_iterations);
-    let positive_rate = |set: &[Example]| set.iter().filter(|e| e.spike).count() as f64 / set.len().max(1) as f64;
+    let (scaler, weights, intercept, iterations) =
+        fit(&train_set, config.l2, config.max_iterations);
+    let positive_rate =
+        |set: &[Example]| set.iter().filter(|e| e.spike).count() as f64 / set.len().max(1) as f64;
     let mut artifact = ModelArtifact {
         schema_version: SCHEMA_VERSION,
         name: config.name.clone(),
@@ -277,11 +316,18 @@ pub fn train(config: &TrainConfig) -> ModelArtifact {
         weights,
         intercept,
         threshold: 0.5,
-        baseline: BaselineRule { ratio_threshold: 1.25, steepness: 8.0 },
+        baseline: BaselineRule {
+            ratio_threshold: 1.25,
+            steepness: 8.0,
+        },
         training: TrainingMetadata {
             command: config.command(),
             seed: config.seed,
-            symbols: MarketConfig::new(config.seed).symbols.iter().map(|s| s.symbol.to_string()).collect(),
+            symbols: MarketConfig::new(config.seed)
+                .symbols
+                .iter()
+                .map(|s| s.symbol.to_string())
+                .collect(),
             minutes_per_symbol: config.minutes,
             horizon_minutes: config.horizon,
             spike_threshold: config.spike_threshold,
@@ -293,8 +339,20 @@ pub fn train(config: &TrainConfig) -> ModelArtifact {
             newton_iterations: iterations,
         },
         heldout: HeldOut {
-            ml: Scores { accuracy: 0.0, precision: 0.0, recall: 0.0, f1: 0.0, auc: 0.0 },
-            baseline: Scores { accuracy: 0.0, precision: 0.0, recall: 0.0, f1: 0.0, auc: 0.0 },
+            ml: Scores {
+                accuracy: 0.0,
+                precision: 0.0,
+                recall: 0.0,
+                f1: 0.0,
+                auc: 0.0,
+            },
+            baseline: Scores {
+                accuracy: 0.0,
+                precision: 0.0,
+                recall: 0.0,
+                f1: 0.0,
+                auc: 0.0,
+            },
         },
     };
     let with_rule = |rule| {
@@ -306,11 +364,31 @@ pub fn train(config: &TrainConfig) -> ModelArtifact {
     let model = Model::new(artifact.clone());
     let labels: Vec<bool> = test_set.iter().map(|e| e.spike).collect();
     let heldout = |variant| {
-        let probs: Vec<f64> = test_set.iter().map(|e| model.predict(variant, &e.features).probability).collect();
-        let s = score(&probs, &labels, if variant == Variant::Ml { artifact.threshold } else { 0.5 });
-        Scores { accuracy: round(s.accuracy), precision: round(s.precision), recall: round(s.recall), f1: round(s.f1), auc: round(s.auc) }
+        let probs: Vec<f64> = test_set
+            .iter()
+            .map(|e| model.predict(variant, &e.features).probability)
+            .collect();
+        let s = score(
+            &probs,
+            &labels,
+            if variant == Variant::Ml {
+                artifact.threshold
+            } else {
+                0.5
+            },
+        );
+        Scores {
+            accuracy: round(s.accuracy),
+            precision: round(s.precision),
+            recall: round(s.recall),
+            f1: round(s.f1),
+            auc: round(s.auc),
+        }
     };
-    artifact.heldout = HeldOut { ml: heldout(Variant::Ml), baseline: heldout(Variant::Baseline) };
+    artifact.heldout = HeldOut {
+        ml: heldout(Variant::Ml),
+        baseline: heldout(Variant::Baseline),
+    };
     artifact
 }
 
@@ -333,7 +411,11 @@ mod tests {
     #[test]
     fn scores_match_a_hand_counted_confusion_matrix() {
         // tp=2, fp=1, tn=1, fn=1
-        let s = score(&[0.9, 0.8, 0.7, 0.2, 0.1], &[true, true, false, false, true], 0.5);
+        let s = score(
+            &[0.9, 0.8, 0.7, 0.2, 0.1],
+            &[true, true, false, false, true],
+            0.5,
+        );
         assert!((s.accuracy - 0.6).abs() < 1e-12);
         assert!((s.precision - 2.0 / 3.0).abs() < 1e-12);
         assert!((s.recall - 2.0 / 3.0).abs() < 1e-12);
@@ -346,14 +428,28 @@ mod tests {
         let mut examples = Vec::new();
         let mut state = 12345u64;
         for _ in 0..20_000 {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let u1 = (state >> 11) as f64 / (1u64 << 53) as f64;
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let u2 = (state >> 11) as f64 / (1u64 << 53) as f64;
             let ret = u1 - 0.5;
             let p = 1.0 / (1.0 + (-(4.0 * ret)).exp());
-            let features = Features { ret_1m: ret, ret_5m: 0.0, vol_5m: 0.001, vol_15m: 0.001, volume_z: 0.0, trade_rate: 1.0 };
-            examples.push(Example { features, spike: u2 < p });
+            let features = Features {
+                ret_1m: ret,
+                ret_5m: 0.0,
+                vol_5m: 0.001,
+                vol_15m: 0.001,
+                volume_z: 0.0,
+                trade_rate: 1.0,
+            };
+            examples.push(Example {
+                features,
+                spike: u2 < p,
+            });
         }
         // A tiny penalty keeps the constant columns from making the Hessian singular.
         let (scaler, weights, intercept, _) = fit(&examples, 1e-6, 50);
@@ -364,11 +460,18 @@ mod tests {
 
     #[test]
     fn a_small_training_run_beats_chance_and_the_baseline_on_held_out_data() {
-        let config = TrainConfig { minutes: 1_500, ..TrainConfig::default() };
+        let config = TrainConfig {
+            minutes: 1_500,
+            ..TrainConfig::default()
+        };
         let artifact = train(&config);
         assert!(artifact.training.test_rows > 1_000);
         assert!(artifact.heldout.ml.auc > 0.75, "{:?}", artifact.heldout);
-        assert!(artifact.heldout.ml.auc > artifact.heldout.baseline.auc, "{:?}", artifact.heldout);
+        assert!(
+            artifact.heldout.ml.auc > artifact.heldout.baseline.auc,
+            "{:?}",
+            artifact.heldout
+        );
         assert_eq!(train(&config), artifact, "training is deterministic");
     }
 }

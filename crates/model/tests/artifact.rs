@@ -27,15 +27,33 @@ fn the_committed_artifact_is_what_the_training_command_produces() {
     for (a, b) in retrained.weights.iter().zip(&on_disk.weights) {
         assert!((a - b).abs() < 1e-9, "weights drifted: {a} vs {b}");
     }
-    assert!(on_disk.heldout.ml.auc > 0.85, "held-out AUC {}", on_disk.heldout.ml.auc);
+    assert!(
+        on_disk.heldout.ml.auc > 0.85,
+        "held-out AUC {}",
+        on_disk.heldout.ml.auc
+    );
     assert!(on_disk.heldout.ml.f1 > on_disk.heldout.baseline.f1);
 }
 
 #[test]
 fn calm_and_turbulent_inputs_get_low_and_high_probabilities() {
     let model = Model::load(&committed()).expect("loads");
-    let calm = Features { ret_1m: 0.0001, ret_5m: 0.0002, vol_5m: 0.0005, vol_15m: 0.0005, volume_z: -0.5, trade_rate: 2.0 };
-    let turbulent = Features { ret_1m: -0.004, ret_5m: -0.01, vol_5m: 0.006, vol_15m: 0.005, volume_z: 3.0, trade_rate: 10.0 };
+    let calm = Features {
+        ret_1m: 0.0001,
+        ret_5m: 0.0002,
+        vol_5m: 0.0005,
+        vol_15m: 0.0005,
+        volume_z: -0.5,
+        trade_rate: 2.0,
+    };
+    let turbulent = Features {
+        ret_1m: -0.004,
+        ret_5m: -0.01,
+        vol_5m: 0.006,
+        vol_15m: 0.005,
+        volume_z: 3.0,
+        trade_rate: 10.0,
+    };
     for variant in Variant::ALL {
         for f in [calm, turbulent] {
             let p = model.predict(variant, &f).probability;
@@ -48,7 +66,8 @@ fn calm_and_turbulent_inputs_get_low_and_high_probabilities() {
 
 #[test]
 fn a_missing_or_malformed_artifact_is_a_clear_error() {
-    let missing = Model::load(std::path::Path::new("/nonexistent/model.json")).expect_err("missing");
+    let missing =
+        Model::load(std::path::Path::new("/nonexistent/model.json")).expect_err("missing");
     assert!(matches!(missing, LoadError::Read { .. }));
     assert!(missing.to_string().contains("/nonexistent/model.json"));
 
@@ -59,5 +78,8 @@ fn a_missing_or_malformed_artifact_is_a_clear_error() {
     let mut artifact: serde_json::Value = serde_json::from_str(&text).expect("json");
     artifact["weights"] = serde_json::json!([1.0, 2.0]);
     let short = ModelArtifact::from_json(&artifact.to_string()).expect_err("short weights");
-    assert!(short.to_string().contains("weights has 2 entries"), "{short}");
+    assert!(
+        short.to_string().contains("weights has 2 entries"),
+        "{short}"
+    );
 }

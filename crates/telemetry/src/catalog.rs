@@ -78,7 +78,12 @@ pub struct MetricDef {
 impl MetricDef {
     /// A counter handle for the given label values; keep it rather than calling this per event.
     pub fn counter(&'static self, labels: &[(&'static str, &str)]) -> Counter {
-        debug_assert_eq!(self.kind, MetricKind::Counter, "{} is not a counter", self.name);
+        debug_assert_eq!(
+            self.kind,
+            MetricKind::Counter,
+            "{} is not a counter",
+            self.name
+        );
         self.check_labels(labels);
         metrics::counter!(self.name, to_labels(labels))
     }
@@ -92,7 +97,12 @@ impl MetricDef {
 
     /// A histogram handle for the given label values.
     pub fn histogram(&'static self, labels: &[(&'static str, &str)]) -> Histogram {
-        debug_assert_eq!(self.kind, MetricKind::Histogram, "{} is not a histogram", self.name);
+        debug_assert_eq!(
+            self.kind,
+            MetricKind::Histogram,
+            "{} is not a histogram",
+            self.name
+        );
         self.check_labels(labels);
         metrics::histogram!(self.name, to_labels(labels))
     }
@@ -100,7 +110,10 @@ impl MetricDef {
     fn check_labels(&self, labels: &[(&'static str, &str)]) {
         debug_assert!(
             labels.len() == self.labels.len()
-                && labels.iter().zip(self.labels).all(|((k, _), want)| k == want),
+                && labels
+                    .iter()
+                    .zip(self.labels)
+                    .all(|((k, _), want)| k == want),
             "{}: labels {:?} do not match the catalogue {:?}",
             self.name,
             labels.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
@@ -110,7 +123,10 @@ impl MetricDef {
 }
 
 fn to_labels(labels: &[(&'static str, &str)]) -> Vec<Label> {
-    labels.iter().map(|(k, v)| Label::new(*k, v.to_string())).collect()
+    labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.to_string()))
+        .collect()
 }
 
 /// Request latency buckets: fine below 100 ms, where the latency SLO sits.
@@ -127,7 +143,11 @@ const INFERENCE_BUCKETS: &[f64] = &[
 ];
 const PROBABILITY_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
 
-const HTTP_RED_LABELS: &[&str] = &["http_request_method", "http_route", "http_response_status_code"];
+const HTTP_RED_LABELS: &[&str] = &[
+    "http_request_method",
+    "http_route",
+    "http_response_status_code",
+];
 
 // --- HTTP server (OpenTelemetry HTTP semantic conventions, Prometheus form) ---
 
@@ -407,14 +427,17 @@ pub const COMMON_GROUPS: &[Group] = &[Group::Http, Group::Process, Group::Runtim
 /// Looks a metric up by the name it has in the Prometheus exposition (histogram series
 /// suffixes `_bucket`, `_sum` and `_count` resolve to their histogram).
 pub fn lookup(series_name: &str) -> Option<&'static MetricDef> {
-    ALL.iter().copied().find(|m| m.name == series_name).or_else(|| {
-        ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
-            let base = series_name.strip_suffix(suffix)?;
-            ALL.iter()
-                .copied()
-                .find(|m| m.name == base && m.kind == MetricKind::Histogram)
+    ALL.iter()
+        .copied()
+        .find(|m| m.name == series_name)
+        .or_else(|| {
+            ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+                let base = series_name.strip_suffix(suffix)?;
+                ALL.iter()
+                    .copied()
+                    .find(|m| m.name == base && m.kind == MetricKind::Histogram)
+            })
         })
-    })
 }
 
 /// Renders the catalogue as the Markdown table in `METRICS.md`.
@@ -431,7 +454,11 @@ pub fn markdown() -> String {
         let labels = if m.labels.is_empty() {
             "-".to_owned()
         } else {
-            m.labels.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", ")
+            m.labels
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         out.push_str(&format!(
             "| `{}` | {} | {} | {} | {} | {} |\n",
@@ -457,7 +484,9 @@ mod tests {
         for m in ALL {
             assert!(seen.insert(m.name), "{} is catalogued twice", m.name);
             assert!(
-                m.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                m.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
                 "{} is not snake_case",
                 m.name
             );
@@ -469,7 +498,11 @@ mod tests {
             );
             if let Some(unit) = m.unit {
                 let stem = m.name.trim_end_matches("_total");
-                assert!(stem.ends_with(unit), "{} must end in its unit {unit}", m.name);
+                assert!(
+                    stem.ends_with(unit),
+                    "{} must end in its unit {unit}",
+                    m.name
+                );
             }
             assert!(!m.help.is_empty(), "{} has no help", m.name);
         }
@@ -479,10 +512,18 @@ mod tests {
     fn every_histogram_has_explicit_sorted_buckets() {
         for m in ALL.iter().filter(|m| m.kind == MetricKind::Histogram) {
             assert!(!m.buckets.is_empty(), "{} has no buckets", m.name);
-            assert!(m.buckets.windows(2).all(|w| w[0] < w[1]), "{} buckets unsorted", m.name);
+            assert!(
+                m.buckets.windows(2).all(|w| w[0] < w[1]),
+                "{} buckets unsorted",
+                m.name
+            );
         }
         for m in ALL.iter().filter(|m| m.kind != MetricKind::Histogram) {
-            assert!(m.buckets.is_empty(), "{} is not a histogram but has buckets", m.name);
+            assert!(
+                m.buckets.is_empty(),
+                "{} is not a histogram but has buckets",
+                m.name
+            );
         }
     }
 

@@ -48,13 +48,22 @@ pub struct ComponentHealth {
 
 impl ComponentHealth {
     pub fn healthy(reason: impl Into<String>) -> Self {
-        Self { status: Status::Healthy, reason: reason.into() }
+        Self {
+            status: Status::Healthy,
+            reason: reason.into(),
+        }
     }
     pub fn degraded(reason: impl Into<String>) -> Self {
-        Self { status: Status::Degraded, reason: reason.into() }
+        Self {
+            status: Status::Degraded,
+            reason: reason.into(),
+        }
     }
     pub fn unhealthy(reason: impl Into<String>) -> Self {
-        Self { status: Status::Unhealthy, reason: reason.into() }
+        Self {
+            status: Status::Unhealthy,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -85,7 +94,9 @@ pub struct Health {
 impl std::fmt::Debug for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<_> = self.read().iter().map(|c| c.name).collect();
-        f.debug_struct("Health").field("components", &names).finish_non_exhaustive()
+        f.debug_struct("Health")
+            .field("components", &names)
+            .finish_non_exhaustive()
     }
 }
 
@@ -136,19 +147,30 @@ impl Health {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ComponentHealth> + Send + 'static,
     {
-        let gauges = Status::ALL.map(|s| catalog::HEALTH_STATUS.gauge(&[("component", name), ("status", s.as_str())]));
+        let gauges = Status::ALL
+            .map(|s| catalog::HEALTH_STATUS.gauge(&[("component", name), ("status", s.as_str())]));
         let component = Component {
             name,
             criticality,
             check: Arc::new(move || Box::pin(check())),
             gauges,
         };
-        self.components.write().unwrap_or_else(|e| e.into_inner()).push(Arc::new(component));
+        self.components
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(component));
     }
 
     /// Registers a push-style component that starts in `initial`.
-    pub fn handle(&self, name: &'static str, criticality: Criticality, initial: ComponentHealth) -> HealthHandle {
-        let handle = HealthHandle { state: Arc::new(RwLock::new(initial)) };
+    pub fn handle(
+        &self,
+        name: &'static str,
+        criticality: Criticality,
+        initial: ComponentHealth,
+    ) -> HealthHandle {
+        let handle = HealthHandle {
+            state: Arc::new(RwLock::new(initial)),
+        };
         let reader = handle.clone();
         self.register(name, criticality, move || {
             let health = reader.get();
@@ -170,7 +192,9 @@ impl Health {
             async move {
                 match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
                     Ok(health) => health,
-                    Err(_) => ComponentHealth::unhealthy(format!("check timed out after {CHECK_TIMEOUT:?}")),
+                    Err(_) => ComponentHealth::unhealthy(format!(
+                        "check timed out after {CHECK_TIMEOUT:?}"
+                    )),
                 }
             }
         });
@@ -187,13 +211,23 @@ impl Health {
                 (_, s) => s,
             };
             status = status.max(effective);
-            if component.criticality == Criticality::Critical && health.status == Status::Unhealthy {
+            if component.criticality == Criticality::Critical && health.status == Status::Unhealthy
+            {
                 ready = false;
             }
-            reports.push(ComponentReport { name: component.name, criticality: component.criticality, health });
+            reports.push(ComponentReport {
+                name: component.name,
+                criticality: component.criticality,
+                health,
+            });
         }
         let draining = self.draining.load(Ordering::SeqCst);
-        Report { status, ready: ready && !draining, draining, components: reports }
+        Report {
+            status,
+            ready: ready && !draining,
+            draining,
+            components: reports,
+        }
     }
 }
 
@@ -204,8 +238,16 @@ mod tests {
     #[tokio::test]
     async fn a_failing_critical_component_makes_the_service_unhealthy_and_unready() {
         let health = Health::new();
-        let db = health.handle("database", Criticality::Critical, ComponentHealth::healthy("connected"));
-        health.handle("cache", Criticality::NonCritical, ComponentHealth::healthy("warm"));
+        let db = health.handle(
+            "database",
+            Criticality::Critical,
+            ComponentHealth::healthy("connected"),
+        );
+        health.handle(
+            "cache",
+            Criticality::NonCritical,
+            ComponentHealth::healthy("warm"),
+        );
 
         db.set(ComponentHealth::unhealthy("connection refused"));
         let report = health.report().await;
@@ -218,8 +260,16 @@ mod tests {
     #[tokio::test]
     async fn a_failing_non_critical_component_only_degrades() {
         let health = Health::new();
-        health.handle("database", Criticality::Critical, ComponentHealth::healthy("connected"));
-        let cache = health.handle("cache", Criticality::NonCritical, ComponentHealth::healthy("warm"));
+        health.handle(
+            "database",
+            Criticality::Critical,
+            ComponentHealth::healthy("connected"),
+        );
+        let cache = health.handle(
+            "cache",
+            Criticality::NonCritical,
+            ComponentHealth::healthy("warm"),
+        );
 
         cache.set(ComponentHealth::unhealthy("evicted"));
         let report = health.report().await;
@@ -231,7 +281,11 @@ mod tests {
     #[tokio::test]
     async fn draining_fails_readiness_but_not_health() {
         let health = Health::new();
-        health.handle("model", Criticality::Critical, ComponentHealth::healthy("loaded"));
+        health.handle(
+            "model",
+            Criticality::Critical,
+            ComponentHealth::healthy("loaded"),
+        );
 
         health.set_draining();
         let report = health.report().await;

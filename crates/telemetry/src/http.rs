@@ -39,13 +39,19 @@ impl HttpMetricsLayer {
 impl<S> Layer<S> for HttpMetricsLayer {
     type Service = HttpMetrics<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        HttpMetrics { inner, state: self.state.clone() }
+        HttpMetrics {
+            inner,
+            state: self.state.clone(),
+        }
     }
 }
 
+/// Handles of one route, by method label.
+type ByMethod = HashMap<&'static str, Arc<RouteHandles>>;
+
 #[derive(Debug, Default)]
 struct State {
-    routes: RwLock<HashMap<Box<str>, HashMap<&'static str, Arc<RouteHandles>>>>,
+    routes: RwLock<HashMap<Box<str>, ByMethod>>,
 }
 
 struct RouteHandles {
@@ -109,7 +115,8 @@ impl State {
                 Arc::new(RouteHandles {
                     method: m,
                     route: route.into(),
-                    active: catalog::HTTP_SERVER_ACTIVE_REQUESTS.gauge(&[("http_request_method", m)]),
+                    active: catalog::HTTP_SERVER_ACTIVE_REQUESTS
+                        .gauge(&[("http_request_method", m)]),
                     request_size: catalog::HTTP_SERVER_REQUEST_BODY_SIZE
                         .histogram(&[("http_request_method", m), ("http_route", route)]),
                     response_size: catalog::HTTP_SERVER_RESPONSE_BODY_SIZE
@@ -123,7 +130,12 @@ impl State {
 
 impl RouteHandles {
     fn status(&self, code: u16) -> StatusHandles {
-        if let Some(h) = self.by_status.read().unwrap_or_else(|e| e.into_inner()).get(&code) {
+        if let Some(h) = self
+            .by_status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&code)
+        {
             return h.clone();
         }
         let mut map = self.by_status.write().unwrap_or_else(|e| e.into_inner());

@@ -38,7 +38,11 @@ impl Telemetry {
     /// Installs the recorder (once per process) and records build info.
     pub fn new(build: BuildInfo) -> anyhow::Result<Self> {
         let metrics = Metrics::install(&build)?;
-        Ok(Self { build, metrics, health: Health::new() })
+        Ok(Self {
+            build,
+            metrics,
+            health: Health::new(),
+        })
     }
 }
 

@@ -29,7 +29,8 @@ impl LogFormat {
 /// Installs the global subscriber. `filter` uses `RUST_LOG` syntax (`info,tower_http=debug`).
 /// A second call in the same process (tests) leaves the first subscriber in place.
 pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(filter).map_err(|e| anyhow::anyhow!("invalid log filter {filter:?}: {e}"))?;
+    let filter = EnvFilter::try_new(filter)
+        .map_err(|e| anyhow::anyhow!("invalid log filter {filter:?}: {e}"))?;
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format.resolve() {
         LogFormat::Json => registry

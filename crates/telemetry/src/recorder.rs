@@ -27,14 +27,18 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         return Ok(handle.clone());
     }
     let mut builder = PrometheusBuilder::new();
-    for m in catalog::ALL.iter().filter(|m| m.kind == MetricKind::Histogram) {
+    for m in catalog::ALL
+        .iter()
+        .filter(|m| m.kind == MetricKind::Histogram)
+    {
         builder = builder
             .set_buckets_for_metric(Matcher::Full(m.name.to_owned()), m.buckets)
             .with_context(|| format!("buckets for {}", m.name))?;
     }
     let recorder = builder.build_recorder();
     let handle = recorder.handle();
-    metrics::set_global_recorder(recorder).context("another metrics recorder is already installed")?;
+    metrics::set_global_recorder(recorder)
+        .context("another metrics recorder is already installed")?;
     for m in catalog::ALL {
         match m.kind {
             MetricKind::Counter => metrics::describe_counter!(m.name, m.help),
@@ -84,7 +88,9 @@ struct MetricsInner {
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").field("started", &self.inner.started).finish_non_exhaustive()
+        f.debug_struct("Metrics")
+            .field("started", &self.inner.started)
+            .finish_non_exhaustive()
     }
 }
 
@@ -127,7 +133,9 @@ impl Metrics {
 
     fn refresh(&self) {
         self.inner.process.collect();
-        self.inner.uptime.set(self.inner.started.elapsed().as_secs_f64());
+        self.inner
+            .uptime
+            .set(self.inner.started.elapsed().as_secs_f64());
     }
 
     pub fn uptime(&self) -> Duration {

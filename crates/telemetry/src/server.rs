@@ -31,7 +31,14 @@ pub fn ops_router(telemetry: Telemetry) -> Router {
 
 async fn metrics(State(t): State<Telemetry>) -> Response {
     let body = t.metrics.render();
-    ([(header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT))], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROMETHEUS_TEXT),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn health(State(t): State<Telemetry>) -> Response {
@@ -59,7 +66,11 @@ async fn live() -> Json<serde_json::Value> {
 
 async fn ready(State(t): State<Telemetry>) -> Response {
     let report = t.health.report().await;
-    let code = if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = serde_json::json!({
         "ready": report.ready,
         "status": report.status,

@@ -27,17 +27,29 @@ pub struct ErrorDetail {
 pub enum ApiError {
     /// The client's fault: answered with `status` and the detail.
     #[error("{}", .detail.message)]
-    Client { status: StatusCode, detail: ErrorDetail },
+    Client {
+        status: StatusCode,
+        detail: ErrorDetail,
+    },
     /// Ours: logged in full, answered with a bare 500.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
 
 impl ApiError {
-    pub fn client(status: StatusCode, code: &'static str, field: Option<&str>, message: impl Into<String>) -> Self {
+    pub fn client(
+        status: StatusCode,
+        code: &'static str,
+        field: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
         ApiError::Client {
             status,
-            detail: ErrorDetail { code, message: message.into(), field: field.map(str::to_owned) },
+            detail: ErrorDetail {
+                code,
+                message: message.into(),
+                field: field.map(str::to_owned),
+            },
         }
     }
 
@@ -51,18 +63,33 @@ impl ApiError {
     }
 
     pub fn method_not_allowed() -> Self {
-        Self::client(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None, "method not allowed on this endpoint")
+        Self::client(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            None,
+            "method not allowed on this endpoint",
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
-            ApiError::Client { status, detail } => (status, Json(ErrorBody { error: detail })).into_response(),
+            ApiError::Client { status, detail } => {
+                (status, Json(ErrorBody { error: detail })).into_response()
+            }
             ApiError::Unexpected(e) => {
                 tracing::error!(error = format!("{e:#}"), "request failed unexpectedly");
-                let detail = ErrorDetail { code: "internal", message: "internal server error".into(), field: None };
-                (StatusCode::INTERNAL_SERVER_ERROR, Json(ErrorBody { error: detail })).into_response()
+                let detail = ErrorDetail {
+                    code: "internal",
+                    message: "internal server error".into(),
+                    field: None,
+                };
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(ErrorBody { error: detail }),
+                )
+                    .into_response()
             }
         }
     }

@@ -36,7 +36,11 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
-    const ALL: [AuthFailure; 3] = [AuthFailure::Missing, AuthFailure::Invalid, AuthFailure::NotConfigured];
+    const ALL: [AuthFailure; 3] = [
+        AuthFailure::Missing,
+        AuthFailure::Invalid,
+        AuthFailure::NotConfigured,
+    ];
     fn as_str(self) -> &'static str {
         match self {
             AuthFailure::Missing => "missing",
@@ -79,8 +83,13 @@ fn index(variant: Variant) -> usize {
 impl ApiMetrics {
     pub fn register(artifact: &ModelArtifact) -> Self {
         let model = artifact.name.as_str();
-        catalog::MODEL_INFO.gauge(&[("model", model), ("version", &artifact.version)]).set(1.0);
-        for (variant, scores) in [("ml", artifact.heldout.ml), ("baseline", artifact.heldout.baseline)] {
+        catalog::MODEL_INFO
+            .gauge(&[("model", model), ("version", &artifact.version)])
+            .set(1.0);
+        for (variant, scores) in [
+            ("ml", artifact.heldout.ml),
+            ("baseline", artifact.heldout.baseline),
+        ] {
             for (metric, value) in [
                 ("accuracy", scores.accuracy),
                 ("precision", scores.precision),
@@ -88,14 +97,24 @@ impl ApiMetrics {
                 ("f1", scores.f1),
                 ("auc", scores.auc),
             ] {
-                catalog::MODEL_HELDOUT_SCORE.gauge(&[("variant", variant), ("metric", metric)]).set(value);
+                catalog::MODEL_HELDOUT_SCORE
+                    .gauge(&[("variant", variant), ("metric", metric)])
+                    .set(value);
             }
         }
         let variant = |v: Variant| {
             let name = v.as_str();
             VariantHandles {
-                spike: catalog::PREDICTIONS.counter(&[("model", model), ("variant", name), ("outcome", "spike")]),
-                no_spike: catalog::PREDICTIONS.counter(&[("model", model), ("variant", name), ("outcome", "no_spike")]),
+                spike: catalog::PREDICTIONS.counter(&[
+                    ("model", model),
+                    ("variant", name),
+                    ("outcome", "spike"),
+                ]),
+                no_spike: catalog::PREDICTIONS.counter(&[
+                    ("model", model),
+                    ("variant", name),
+                    ("outcome", "no_spike"),
+                ]),
                 probability: catalog::PREDICTION_PROBABILITY.histogram(&[("variant", name)]),
                 inference: catalog::PREDICTION_INFERENCE_DURATION.histogram(&[("variant", name)]),
                 active: catalog::MODEL_VARIANT_ACTIVE.gauge(&[("variant", name)]),
@@ -105,9 +124,15 @@ impl ApiMetrics {
             variants: [variant(Variant::Ml), variant(Variant::Baseline)],
             validation: VALIDATION_FIELDS
                 .iter()
-                .map(|f| (*f, catalog::PREDICTION_VALIDATION_ERRORS.counter(&[("field", f)])))
+                .map(|f| {
+                    (
+                        *f,
+                        catalog::PREDICTION_VALIDATION_ERRORS.counter(&[("field", f)]),
+                    )
+                })
                 .collect(),
-            auth_failures: AuthFailure::ALL.map(|r| catalog::ADMIN_AUTH_FAILURES.counter(&[("reason", r.as_str())])),
+            auth_failures: AuthFailure::ALL
+                .map(|r| catalog::ADMIN_AUTH_FAILURES.counter(&[("reason", r.as_str())])),
             variant_switches: catalog::ADMIN_ACTIONS.counter(&[("action", "set_variant")]),
         };
         for c in metrics.validation.values().chain(&metrics.auth_failures) {
@@ -139,7 +164,12 @@ impl ApiMetrics {
 
     pub fn prediction(&self, variant: Variant, prediction: &Prediction, took: Duration) {
         let h = &self.variants[index(variant)];
-        if prediction.spike { &h.spike } else { &h.no_spike }.increment(1);
+        if prediction.spike {
+            &h.spike
+        } else {
+            &h.no_spike
+        }
+        .increment(1);
         h.probability.record(prediction.probability);
         h.inference.record(took.as_secs_f64());
     }
@@ -151,7 +181,11 @@ impl ApiMetrics {
             Some(rest) => rest.split_once("].").map_or("items", |(_, f)| f),
             None => field,
         };
-        if let Some(c) = self.validation.get(field).or_else(|| self.validation.get("other")) {
+        if let Some(c) = self
+            .validation
+            .get(field)
+            .or_else(|| self.validation.get("other"))
+        {
             c.increment(1);
         }
     }
@@ -162,7 +196,9 @@ impl ApiMetrics {
 
     pub fn variant_active(&self, active: Variant) {
         for v in Variant::ALL {
-            self.variants[index(v)].active.set(if v == active { 1.0 } else { 0.0 });
+            self.variants[index(v)]
+                .active
+                .set(if v == active { 1.0 } else { 0.0 });
         }
     }
 

@@ -27,18 +27,31 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 }
 
 fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 async fn read_json_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
-    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !is_json(content_type) {
         return Err(ApiError::client(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             Some("content-type"),
-            format!("expected Content-Type: application/json, got {:?}", content_type),
+            format!(
+                "expected Content-Type: application/json, got {:?}",
+                content_type
+            ),
         ));
     }
     let too_large = || {
@@ -56,33 +69,48 @@ async fn read_json_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
-        let inner = e.into_inner();
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*inner);
-        let over_limit = std::iter::from_fn(|| {
-            let current = cause?;
-            cause = current.source();
-            Some(current)
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|e| {
+            let inner = e.into_inner();
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*inner);
+            let over_limit = std::iter::from_fn(|| {
+                let current = cause?;
+                cause = current.source();
+                Some(current)
+            })
+            .any(|c| c.is::<http_body_util::LengthLimitError>());
+            if over_limit {
+                too_large()
+            } else {
+                ApiError::client(
+                    StatusCode::BAD_REQUEST,
+                    "unreadable_body",
+                    Some("body"),
+                    "the request body could not be read",
+                )
+            }
         })
-        .any(|c| c.is::<http_body_util::LengthLimitError>());
-        if over_limit {
-            too_large()
-        } else {
-            ApiError::client(StatusCode::BAD_REQUEST, "unreadable_body", Some("body"), "the request body could not be read")
-        }
-    })
 }
 
 /// Parses JSON into `T`, naming the failing path in the error.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // serde would accept a JSON array for a struct, positionally; requests are objects.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-        return Err(ApiError::invalid("body", "invalid_type", "the request body must be a JSON object"));
+        return Err(ApiError::invalid(
+            "body",
+            "invalid_type",
+            "the request body must be a JSON object",
+        ));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." || path.is_empty() { None } else { Some(path) };
+        let field = if path == "." || path.is_empty() {
+            None
+        } else {
+            Some(path)
+        };
         from_serde_error(e.inner(), field)
     })?;
     // Trailing characters after the JSON value are malformed input, not ignorable.
@@ -91,13 +119,24 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// Converts a value-level deserialisation failure (e.g. one batch item) into an error.
-pub fn from_value<T: DeserializeOwned>(value: serde_json::Value, prefix: &str) -> Result<T, ApiError> {
+pub fn from_value<T: DeserializeOwned>(
+    value: serde_json::Value,
+    prefix: &str,
+) -> Result<T, ApiError> {
     if !value.is_object() {
-        return Err(ApiError::invalid(prefix, "invalid_type", format!("{prefix} must be a JSON object")));
+        return Err(ApiError::invalid(
+            prefix,
+            "invalid_type",
+            format!("{prefix} must be a JSON object"),
+        ));
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." || path.is_empty() { prefix.to_owned() } else { format!("{prefix}.{path}") };
+        let field = if path == "." || path.is_empty() {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}.{path}")
+        };
         from_serde_error(e.inner(), Some(field))
     })
 }
@@ -105,11 +144,17 @@ pub fn from_value<T: DeserializeOwned>(value: serde_json::Value, prefix: &str) -
 fn from_serde_error(e: &serde_json::Error, field: Option<String>) -> ApiError {
     let message = e.to_string();
     match e.classify() {
-        Category::Data => ApiError::invalid(field.as_deref().unwrap_or("body"), "invalid_type", message),
+        Category::Data => {
+            ApiError::invalid(field.as_deref().unwrap_or("body"), "invalid_type", message)
+        }
         // serde_json reports numbers that overflow f64 (1e400) as syntax errors, but the JSON
         // is well formed and the value is what is wrong.
         Category::Syntax if message.starts_with("number out of range") && field.is_some() => {
-            ApiError::invalid(field.as_deref().unwrap_or("body"), "invalid_value", "number is not finite")
+            ApiError::invalid(
+                field.as_deref().unwrap_or("body"),
+                "invalid_value",
+                "number is not finite",
+            )
         }
         // The path of a syntax error is wherever the parser gave up, not a field at fault.
         Category::Syntax | Category::Eof | Category::Io => ApiError::client(

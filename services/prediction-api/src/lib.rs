@@ -49,7 +49,10 @@ struct BearerAuth;
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
@@ -94,7 +97,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: &Settings, telemetry: Telemetry) -> anyhow::Result<Self> {
-        let model = Model::load(&settings.model_path).context("the model artifact could not be loaded; the service cannot start")?;
+        let model = Model::load(&settings.model_path)
+            .context("the model artifact could not be loaded; the service cannot start")?;
         let artifact = model.artifact();
         tracing::info!(model = %artifact.name, version = %artifact.version, variant = settings.variant.as_str(), "model loaded");
         let state = AppState::new(
@@ -108,11 +112,18 @@ impl Application {
             settings.public_view(),
         );
         let probe = state.clone();
-        telemetry.health.register("model", Criticality::Critical, move || {
-            let a = probe.model().artifact();
-            let health = ComponentHealth::healthy(format!("{} {} loaded, serving {}", a.name, a.version, probe.variant().as_str()));
-            async move { health }
-        });
+        telemetry
+            .health
+            .register("model", Criticality::Critical, move || {
+                let a = probe.model().artifact();
+                let health = ComponentHealth::healthy(format!(
+                    "{} {} loaded, serving {}",
+                    a.name,
+                    a.version,
+                    probe.variant().as_str()
+                ));
+                async move { health }
+            });
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -134,6 +145,13 @@ impl Application {
         self.telemetry.metrics.spawn_upkeep(shutdown.token());
         let addr = self.listener.local_addr()?;
         tracing::info!(addr = %addr, "listening");
-        serve(self.listener, self.router, &self.telemetry, shutdown, self.grace).await
+        serve(
+            self.listener,
+            self.router,
+            &self.telemetry,
+            shutdown,
+            self.grace,
+        )
+        .await
     }
 }

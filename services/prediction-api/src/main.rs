@@ -17,7 +17,9 @@ async fn main() -> anyhow::Result<()> {
         "starting"
     );
     let telemetry = Telemetry::new(build)?;
-    let app = Application::build(&settings, telemetry).await.inspect_err(|e| tracing::error!(error = format!("{e:#}"), "start-up failed"))?;
+    let app = Application::build(&settings, telemetry)
+        .await
+        .inspect_err(|e| tracing::error!(error = format!("{e:#}"), "start-up failed"))?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signal();
     app.run(shutdown).await?;

@@ -10,13 +10,21 @@ use tidewatch_model::Variant;
 use tidewatch_telemetry::TelemetryArgs;
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "prediction-api", version, about = "Serves the volatility-spike model over HTTP")]
+#[command(
+    name = "prediction-api",
+    version,
+    about = "Serves the volatility-spike model over HTTP"
+)]
 pub struct Settings {
     /// Address to listen on.
     #[arg(long = "listen", env = "LISTEN_ADDR", default_value = "0.0.0.0:8000")]
     pub listen: SocketAddr,
     /// Model artifact (JSON) to load at start.
-    #[arg(long = "model", env = "MODEL_PATH", default_value = "models/volatility-spike.json")]
+    #[arg(
+        long = "model",
+        env = "MODEL_PATH",
+        default_value = "models/volatility-spike.json"
+    )]
     pub model_path: PathBuf,
     /// Variant serving predictions at start; switchable at run time via the admin API.
     #[arg(long, env = "MODEL_VARIANT", value_enum, default_value = "ml")]
@@ -41,7 +49,9 @@ fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
 impl Settings {
     /// The admin token, if one is configured and non-empty.
     pub fn admin_token(&self) -> Option<&SecretString> {
-        self.admin_token.as_ref().filter(|t| !t.expose_secret().is_empty())
+        self.admin_token
+            .as_ref()
+            .filter(|t| !t.expose_secret().is_empty())
     }
 
     /// The effective settings with secrets reduced to whether they are set; this is what
@@ -51,7 +61,11 @@ impl Settings {
             listen: self.listen.to_string(),
             model_path: self.model_path.display().to_string(),
             variant: self.variant,
-            admin_token: if self.admin_token().is_some() { "set (masked)" } else { "unset (admin disabled)" },
+            admin_token: if self.admin_token().is_some() {
+                "set (masked)"
+            } else {
+                "unset (admin disabled)"
+            },
             max_body_bytes: self.max_body_bytes,
             shutdown_grace_seconds: self.shutdown_grace_seconds,
             log_format: self.telemetry.log_format,

@@ -36,7 +36,11 @@ fn encode(v: Variant) -> u8 {
 }
 
 fn decode(v: u8) -> Variant {
-    if v == 1 { Variant::Baseline } else { Variant::Ml }
+    if v == 1 {
+        Variant::Baseline
+    } else {
+        Variant::Ml
+    }
 }
 
 /// What the admin check concluded.
@@ -102,7 +106,10 @@ impl AppState {
     }
 
     pub fn uptime_seconds(&self) -> u64 {
-        self.inner.process.as_ref().map_or(0, |m| m.uptime().as_secs())
+        self.inner
+            .process
+            .as_ref()
+            .map_or(0, |m| m.uptime().as_secs())
     }
 
     pub fn settings(&self) -> &PublicSettings {

@@ -27,17 +27,30 @@ fn model_path() -> String {
 }
 
 async fn spawn_app(admin_token: Option<&str>) -> TestApp {
-    let mut args = vec!["prediction-api".to_owned(), "--listen".into(), "127.0.0.1:0".into(), "--model".into(), model_path()];
+    let mut args = vec![
+        "prediction-api".to_owned(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--model".into(),
+        model_path(),
+    ];
     if let Some(token) = admin_token {
         args.extend(["--admin-token".into(), token.into()]);
     }
     let settings = Settings::try_parse_from(args).expect("settings");
     let telemetry = Telemetry::new(BuildInfo::new(SERVICE, "test")).expect("telemetry");
-    let app = Application::build(&settings, telemetry).await.expect("app builds");
+    let app = Application::build(&settings, telemetry)
+        .await
+        .expect("app builds");
     let addr = app.local_addr().expect("bound");
     let shutdown = Shutdown::new();
     let server = tokio::spawn(app.run(shutdown.clone()));
-    TestApp { addr, client: reqwest::Client::new(), shutdown, server }
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        shutdown,
+        server,
+    }
 }
 
 impl TestApp {
@@ -46,23 +59,44 @@ impl TestApp {
     }
 
     async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let res = self.client.post(self.url(path)).json(body).send().await.expect("request");
+        let res = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request");
         let status = res.status().as_u16();
         (status, res.json().await.expect("json body"))
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
-        let res = self.client.get(self.url(path)).send().await.expect("request");
+        let res = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request");
         let status = res.status().as_u16();
         (status, res.json().await.unwrap_or(Value::Null))
     }
 
     async fn metrics(&self) -> String {
-        self.client.get(self.url("/metrics")).send().await.expect("scrape").text().await.expect("text")
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text")
     }
 
     async fn set_variant(&self, token: Option<&str>, variant: &str) -> (u16, Value) {
-        let mut req = self.client.put(self.url("/v1/admin/model/variant")).json(&json!({ "variant": variant }));
+        let mut req = self
+            .client
+            .put(self.url("/v1/admin/model/variant"))
+            .json(&json!({ "variant": variant }));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -81,7 +115,11 @@ fn valid_request() -> Value {
 
 fn with(mut request: Value, pointer: &str, value: Option<Value>) -> Value {
     let (parent, key) = pointer.rsplit_once('/').expect("pointer");
-    let target = request.pointer_mut(parent).expect("parent").as_object_mut().expect("object");
+    let target = request
+        .pointer_mut(parent)
+        .expect("parent")
+        .as_object_mut()
+        .expect("object");
     match value {
         Some(v) => target.insert(key.to_owned(), v),
         None => target.remove(key),
@@ -91,13 +129,16 @@ fn with(mut request: Value, pointer: &str, value: Option<Value>) -> Value {
 
 /// Sum of a counter's samples whose labels include all of `labels`.
 fn counter_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parses");
+    let scrape =
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parses");
     scrape
         .samples
         .iter()
         .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
             _ => 0.0,
         })
         .sum()
@@ -123,39 +164,150 @@ async fn each_validation_error_is_a_4xx_naming_its_field() {
     let app = spawn_app(None).await;
     let ok = valid_request();
     let mut cases: Vec<(String, Value, u16, &str)> = vec![
-        ("missing symbol".into(), with(ok.clone(), "/symbol", None), 422, "symbol"),
-        ("empty symbol".into(), with(ok.clone(), "/symbol", Some(json!(""))), 422, "symbol"),
-        ("33-character symbol".into(), with(ok.clone(), "/symbol", Some(json!("A".repeat(33)))), 422, "symbol"),
-        ("symbol with a slash".into(), with(ok.clone(), "/symbol", Some(json!("BTC/USD"))), 422, "symbol"),
-        ("symbol as number".into(), with(ok.clone(), "/symbol", Some(json!(42))), 422, "symbol"),
-        ("missing features".into(), with(ok.clone(), "/features", None), 422, "features"),
-        ("features as array".into(), with(ok.clone(), "/features", Some(json!([1, 2]))), 422, "features"),
-        ("negative vol_5m".into(), with(ok.clone(), "/features/vol_5m", Some(json!(-0.1))), 422, "features.vol_5m"),
-        ("negative vol_15m".into(), with(ok.clone(), "/features/vol_15m", Some(json!(-1e-9))), 422, "features.vol_15m"),
-        ("negative trade_rate".into(), with(ok.clone(), "/features/trade_rate", Some(json!(-3))), 422, "features.trade_rate"),
-        ("string ret_1m".into(), with(ok.clone(), "/features/ret_1m", Some(json!("0.1"))), 422, "features.ret_1m"),
-        ("null volume_z".into(), with(ok.clone(), "/features/volume_z", Some(Value::Null)), 422, "features.volume_z"),
+        (
+            "missing symbol".into(),
+            with(ok.clone(), "/symbol", None),
+            422,
+            "symbol",
+        ),
+        (
+            "empty symbol".into(),
+            with(ok.clone(), "/symbol", Some(json!(""))),
+            422,
+            "symbol",
+        ),
+        (
+            "33-character symbol".into(),
+            with(ok.clone(), "/symbol", Some(json!("A".repeat(33)))),
+            422,
+            "symbol",
+        ),
+        (
+            "symbol with a slash".into(),
+            with(ok.clone(), "/symbol", Some(json!("BTC/USD"))),
+            422,
+            "symbol",
+        ),
+        (
+            "symbol as number".into(),
+            with(ok.clone(), "/symbol", Some(json!(42))),
+            422,
+            "symbol",
+        ),
+        (
+            "missing features".into(),
+            with(ok.clone(), "/features", None),
+            422,
+            "features",
+        ),
+        (
+            "features as array".into(),
+            with(ok.clone(), "/features", Some(json!([1, 2]))),
+            422,
+            "features",
+        ),
+        (
+            "negative vol_5m".into(),
+            with(ok.clone(), "/features/vol_5m", Some(json!(-0.1))),
+            422,
+            "features.vol_5m",
+        ),
+        (
+            "negative vol_15m".into(),
+            with(ok.clone(), "/features/vol_15m", Some(json!(-1e-9))),
+            422,
+            "features.vol_15m",
+        ),
+        (
+            "negative trade_rate".into(),
+            with(ok.clone(), "/features/trade_rate", Some(json!(-3))),
+            422,
+            "features.trade_rate",
+        ),
+        (
+            "string ret_1m".into(),
+            with(ok.clone(), "/features/ret_1m", Some(json!("0.1"))),
+            422,
+            "features.ret_1m",
+        ),
+        (
+            "null volume_z".into(),
+            with(ok.clone(), "/features/volume_z", Some(Value::Null)),
+            422,
+            "features.volume_z",
+        ),
         ("body is an array".into(), json!([1]), 422, "body"),
     ];
-    for name in ["ret_1m", "ret_5m", "vol_5m", "vol_15m", "volume_z", "trade_rate"] {
+    for name in [
+        "ret_1m",
+        "ret_5m",
+        "vol_5m",
+        "vol_15m",
+        "volume_z",
+        "trade_rate",
+    ] {
         let field: &'static str = Box::leak(format!("features.{name}").into_boxed_str());
-        cases.push((format!("missing {name}"), with(ok.clone(), &format!("/features/{name}"), None), 422, field));
+        cases.push((
+            format!("missing {name}"),
+            with(ok.clone(), &format!("/features/{name}"), None),
+            422,
+            field,
+        ));
     }
 
     for (name, body, want_status, want_field) in cases {
         let (status, err) = app.post("/v1/predict", &body).await;
         assert_eq!(status, want_status, "{name}: {err}");
         assert_eq!(err["error"]["field"], want_field, "{name}: {err}");
-        assert!(err["error"]["code"].is_string() && err["error"]["message"].is_string(), "{name}: {err}");
+        assert!(
+            err["error"]["code"].is_string() && err["error"]["message"].is_string(),
+            "{name}: {err}"
+        );
     }
 
     let raw_cases: [(&str, Option<&str>, String, u16, &str); 6] = [
-        ("truncated JSON", Some("application/json"), r#"{"symbol":"BTC-USD","features":{"#.into(), 400, "body"),
-        ("trailing garbage", Some("application/json"), format!("{} x", valid_request()), 400, "body"),
-        ("number overflowing f64", Some("application/json"), valid_request().to_string().replace("0.001", "1e400"), 422, "features.ret_1m"),
-        ("text/plain", Some("text/plain"), valid_request().to_string(), 415, "content-type"),
-        ("no content type", None, valid_request().to_string(), 415, "content-type"),
-        ("body over the limit", Some("application/json"), format!("{{\"symbol\":\"{}\"}}", "A".repeat(1_100_000)), 413, "body"),
+        (
+            "truncated JSON",
+            Some("application/json"),
+            r#"{"symbol":"BTC-USD","features":{"#.into(),
+            400,
+            "body",
+        ),
+        (
+            "trailing garbage",
+            Some("application/json"),
+            format!("{} x", valid_request()),
+            400,
+            "body",
+        ),
+        (
+            "number overflowing f64",
+            Some("application/json"),
+            valid_request().to_string().replace("0.001", "1e400"),
+            422,
+            "features.ret_1m",
+        ),
+        (
+            "text/plain",
+            Some("text/plain"),
+            valid_request().to_string(),
+            415,
+            "content-type",
+        ),
+        (
+            "no content type",
+            None,
+            valid_request().to_string(),
+            415,
+            "content-type",
+        ),
+        (
+            "body over the limit",
+            Some("application/json"),
+            format!("{{\"symbol\":\"{}\"}}", "A".repeat(1_100_000)),
+            413,
+            "body",
+        ),
     ];
     for (name, content_type, body, want_status, want_field) in raw_cases {
         let mut req = app.client.post(app.url("/v1/predict")).body(body);
@@ -173,12 +325,28 @@ async fn each_validation_error_is_a_4xx_naming_its_field() {
 #[tokio::test]
 async fn validation_errors_are_counted_by_field() {
     let app = spawn_app(None).await;
-    let before = counter_sum(&app.metrics().await, "tidewatch_prediction_validation_errors_total", &[("field", "features.trade_rate")]);
+    let before = counter_sum(
+        &app.metrics().await,
+        "tidewatch_prediction_validation_errors_total",
+        &[("field", "features.trade_rate")],
+    );
 
-    app.post("/v1/predict", &with(valid_request(), "/features/trade_rate", Some(json!(-1)))).await;
-    app.post("/v1/predict/batch", &json!({"items": [with(valid_request(), "/features/trade_rate", None)]})).await;
+    app.post(
+        "/v1/predict",
+        &with(valid_request(), "/features/trade_rate", Some(json!(-1))),
+    )
+    .await;
+    app.post(
+        "/v1/predict/batch",
+        &json!({"items": [with(valid_request(), "/features/trade_rate", None)]}),
+    )
+    .await;
 
-    let after = counter_sum(&app.metrics().await, "tidewatch_prediction_validation_errors_total", &[("field", "features.trade_rate")]);
+    let after = counter_sum(
+        &app.metrics().await,
+        "tidewatch_prediction_validation_errors_total",
+        &[("field", "features.trade_rate")],
+    );
     assert!(after - before >= 2.0, "before {before}, after {after}");
 }
 
@@ -192,7 +360,9 @@ async fn a_batch_answers_every_item_in_order_with_a_result_or_an_error() {
         "not an object",
     ]);
 
-    let (status, body) = app.post("/v1/predict/batch", &json!({ "items": items })).await;
+    let (status, body) = app
+        .post("/v1/predict/batch", &json!({ "items": items }))
+        .await;
 
     assert_eq!(status, 200, "{body}");
     let results = body["results"].as_array().expect("results");
@@ -201,7 +371,10 @@ async fn a_batch_answers_every_item_in_order_with_a_result_or_an_error() {
     assert_eq!(results[1]["error"]["field"], "items[1].features.vol_5m");
     assert_eq!(results[2]["result"]["symbol"], "ETH-USD");
     assert_eq!(results[3]["error"]["field"], "items[3]");
-    assert_eq!((body["succeeded"].as_u64(), body["failed"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (body["succeeded"].as_u64(), body["failed"].as_u64()),
+        (Some(2), Some(2))
+    );
     // The same item gets the same answer alone and in a batch.
     let (_, single) = app.post("/v1/predict", &valid_request()).await;
     assert_eq!(results[0]["result"], single);
@@ -215,8 +388,18 @@ async fn a_batch_over_1000_items_or_empty_is_rejected_naming_items() {
     let over: Vec<Value> = vec![small; 1001];
     let big = reqwest::Client::new();
 
-    let ok = big.post(app.url("/v1/predict/batch")).json(&json!({ "items": at_limit })).send().await.expect("send");
-    let too_many = big.post(app.url("/v1/predict/batch")).json(&json!({ "items": over })).send().await.expect("send");
+    let ok = big
+        .post(app.url("/v1/predict/batch"))
+        .json(&json!({ "items": at_limit }))
+        .send()
+        .await
+        .expect("send");
+    let too_many = big
+        .post(app.url("/v1/predict/batch"))
+        .json(&json!({ "items": over }))
+        .send()
+        .await
+        .expect("send");
     let (empty_status, empty) = app.post("/v1/predict/batch", &json!({ "items": [] })).await;
 
     assert_eq!(ok.status().as_u16(), 200);
@@ -224,13 +407,22 @@ async fn a_batch_over_1000_items_or_empty_is_rejected_naming_items() {
     let err: Value = too_many.json().await.expect("json");
     assert_eq!(err["error"]["field"], "items");
     assert_eq!(err["error"]["code"], "too_many_items");
-    assert_eq!((empty_status, empty["error"]["field"].as_str()), (422, Some("items")));
+    assert_eq!(
+        (empty_status, empty["error"]["field"].as_str()),
+        (422, Some("items"))
+    );
 }
 
 #[tokio::test]
 async fn the_variant_switch_takes_effect_without_restart_and_needs_the_token() {
     let app = spawn_app(Some("correct-horse")).await;
-    let failures = |text: &str, reason| counter_sum(text, "tidewatch_admin_auth_failures_total", &[("reason", reason)]);
+    let failures = |text: &str, reason| {
+        counter_sum(
+            text,
+            "tidewatch_admin_auth_failures_total",
+            &[("reason", reason)],
+        )
+    };
     let before = app.metrics().await;
 
     let (no_token, _) = app.set_variant(None, "baseline").await;
@@ -244,14 +436,29 @@ async fn the_variant_switch_takes_effect_without_restart_and_needs_the_token() {
 
     assert_eq!((no_token, wrong_token), (401, 401));
     assert_eq!(still_ml["variant"], "ml");
-    assert_eq!((unknown, unknown_err["error"]["field"].as_str()), (422, Some("variant")));
+    assert_eq!(
+        (unknown, unknown_err["error"]["field"].as_str()),
+        (422, Some("variant"))
+    );
     assert_eq!(switched, 200);
-    assert_eq!(switch_body, json!({"variant": "baseline", "previous": "ml"}));
+    assert_eq!(
+        switch_body,
+        json!({"variant": "baseline", "previous": "ml"})
+    );
     assert_eq!(now_baseline["variant"], "baseline");
-    assert_ne!(now_baseline["probability"], still_ml["probability"], "baseline is a different predictor");
+    assert_ne!(
+        now_baseline["probability"], still_ml["probability"],
+        "baseline is a different predictor"
+    );
     assert_eq!(model["variant"], "baseline");
-    assert_eq!(failures(&after, "missing") - failures(&before, "missing"), 1.0);
-    assert_eq!(failures(&after, "invalid") - failures(&before, "invalid"), 1.0);
+    assert_eq!(
+        failures(&after, "missing") - failures(&before, "missing"),
+        1.0
+    );
+    assert_eq!(
+        failures(&after, "invalid") - failures(&before, "invalid"),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -276,7 +483,17 @@ async fn the_model_endpoint_describes_features_training_and_held_out_scores() {
     assert_eq!(model["name"], "volatility-spike-logreg");
     assert_eq!(model["version"], "1.0.0");
     assert_eq!(model["variant"], "ml");
-    assert_eq!(model["features"], json!(["ret_1m", "ret_5m", "vol_5m", "vol_15m", "volume_z", "trade_rate"]));
+    assert_eq!(
+        model["features"],
+        json!([
+            "ret_1m",
+            "ret_5m",
+            "vol_5m",
+            "vol_15m",
+            "volume_z",
+            "trade_rate"
+        ])
+    );
     assert_eq!(model["training"]["seed"], 42);
     for variant in ["ml", "baseline"] {
         for metric in ["accuracy", "precision", "recall", "f1", "auc"] {
@@ -291,10 +508,29 @@ async fn openapi_documents_every_api_route_and_system_info_hides_the_token() {
     let app = spawn_app(Some("very-secret-token")).await;
 
     let (_, doc) = app.get("/openapi.json").await;
-    let info = app.client.get(app.url("/v1/system/info")).send().await.expect("info").text().await.expect("text");
+    let info = app
+        .client
+        .get(app.url("/v1/system/info"))
+        .send()
+        .await
+        .expect("info")
+        .text()
+        .await
+        .expect("text");
 
-    let paths: HashSet<&str> = doc["paths"].as_object().expect("paths").keys().map(String::as_str).collect();
-    for path in ["/v1/predict", "/v1/predict/batch", "/v1/model", "/v1/admin/model/variant", "/v1/system/info"] {
+    let paths: HashSet<&str> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for path in [
+        "/v1/predict",
+        "/v1/predict/batch",
+        "/v1/model",
+        "/v1/admin/model/variant",
+        "/v1/system/info",
+    ] {
         assert!(paths.contains(path), "{path} missing from {paths:?}");
     }
     assert!(doc["components"]["schemas"]["PredictRequest"].is_object());
@@ -309,31 +545,66 @@ async fn openapi_documents_every_api_route_and_system_info_hides_the_token() {
 async fn unknown_paths_collapse_into_one_route_label() {
     let app = spawn_app(None).await;
     let series = |text: &str| -> Vec<(String, String)> {
-        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parses");
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+            .expect("parses");
         scrape
             .samples
             .iter()
             .filter(|s| s.metric == "http_server_requests_total")
-            .map(|s| (s.labels.get("http_route").unwrap_or("").to_owned(), format!("{:?}", s.labels)))
+            .map(|s| {
+                (
+                    s.labels.get("http_route").unwrap_or("").to_owned(),
+                    format!("{:?}", s.labels),
+                )
+            })
             .collect()
     };
 
     for i in 0..1000u32 {
         let path = format!("/random/{}/{}", i.wrapping_mul(2_654_435_761), i);
-        let res = app.client.get(app.url(&path)).send().await.expect("request");
+        let res = app
+            .client
+            .get(app.url(&path))
+            .send()
+            .await
+            .expect("request");
         assert_eq!(res.status().as_u16(), 404);
     }
     let text = app.metrics().await;
     let after = series(&text);
 
     // Other tests share this process's recorder, so judge the label values, not a diff.
-    let known = ["/v1/predict", "/v1/predict/batch", "/v1/model", "/v1/admin/model/variant", "/v1/system/info", "/openapi.json", "/metrics", "/health", "/health/live", "/health/ready", "unmatched"];
+    let known = [
+        "/v1/predict",
+        "/v1/predict/batch",
+        "/v1/model",
+        "/v1/admin/model/variant",
+        "/v1/system/info",
+        "/openapi.json",
+        "/metrics",
+        "/health",
+        "/health/live",
+        "/health/ready",
+        "unmatched",
+    ];
     for (route, labels) in &after {
-        assert!(known.contains(&route.as_str()), "unexpected route label: {labels}");
+        assert!(
+            known.contains(&route.as_str()),
+            "unexpected route label: {labels}"
+        );
     }
-    let unmatched = after.iter().filter(|(route, _)| route == "unmatched").count();
+    let unmatched = after
+        .iter()
+        .filter(|(route, _)| route == "unmatched")
+        .count();
     assert!(unmatched <= 3, "1000 random paths made {unmatched} series");
-    assert!(counter_sum(&text, "http_server_requests_total", &[("http_route", "unmatched")]) >= 1000.0);
+    assert!(
+        counter_sum(
+            &text,
+            "http_server_requests_total",
+            &[("http_route", "unmatched")]
+        ) >= 1000.0
+    );
     assert!(!text.contains("/random/"), "raw paths leaked into labels");
 }
 
@@ -344,20 +615,39 @@ async fn every_catalogued_metric_of_the_service_is_exposed_and_parses() {
     app.get("/health").await;
     let text = app.metrics().await;
 
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("the exposition parses");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("the exposition parses");
     let exposed: HashSet<&str> = scrape
         .samples
         .iter()
         .filter_map(|s| catalog::lookup(&s.metric).map(|m| m.name))
         .collect();
     for s in &scrape.samples {
-        assert!(catalog::lookup(&s.metric).is_some(), "{} is exposed but not catalogued", s.metric);
+        assert!(
+            catalog::lookup(&s.metric).is_some(),
+            "{} is exposed but not catalogued",
+            s.metric
+        );
     }
-    let groups = [Group::Http, Group::Process, Group::Runtime, Group::Health, Group::Prediction, Group::Admin];
+    let groups = [
+        Group::Http,
+        Group::Process,
+        Group::Runtime,
+        Group::Health,
+        Group::Prediction,
+        Group::Admin,
+    ];
     for m in catalog::ALL.iter().filter(|m| groups.contains(&m.group)) {
-        assert!(exposed.contains(m.name), "{} is catalogued for this service but not exposed", m.name);
+        assert!(
+            exposed.contains(m.name),
+            "{} is catalogued for this service but not exposed",
+            m.name
+        );
     }
-    assert!(!text.contains("quantile="), "histograms must not render as summaries");
+    assert!(
+        !text.contains("quantile="),
+        "histograms must not render as summaries"
+    );
     assert!(text.contains("# HELP http_server_request_duration_seconds "));
 }
 
@@ -365,11 +655,28 @@ async fn every_catalogued_metric_of_the_service_is_exposed_and_parses() {
 async fn responses_carry_a_request_id_and_keep_the_callers() {
     let app = spawn_app(None).await;
 
-    let generated = app.client.get(app.url("/health/live")).send().await.expect("live");
-    let propagated = app.client.get(app.url("/health/live")).header("x-request-id", "abc-123").send().await.expect("live");
+    let generated = app
+        .client
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .expect("live");
+    let propagated = app
+        .client
+        .get(app.url("/health/live"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .expect("live");
 
-    assert!(generated.headers().get("x-request-id").is_some_and(|v| v.len() >= 32));
-    assert_eq!(propagated.headers().get("x-request-id").expect("header"), "abc-123");
+    assert!(generated
+        .headers()
+        .get("x-request-id")
+        .is_some_and(|v| v.len() >= 32));
+    assert_eq!(
+        propagated.headers().get("x-request-id").expect("header"),
+        "abc-123"
+    );
 }
 
 #[tokio::test]
@@ -385,7 +692,10 @@ async fn health_reports_the_model_and_readiness_fails_once_shutdown_starts() {
     assert_eq!(health["status"], "healthy");
     assert_eq!(health["components"][0]["name"], "model");
     assert_eq!(health["components"][0]["status"], "healthy");
-    assert!(health["components"][0]["reason"].as_str().expect("reason").contains("1.0.0"));
+    assert!(health["components"][0]["reason"]
+        .as_str()
+        .expect("reason")
+        .contains("1.0.0"));
 }
 
 #[tokio::test]
@@ -393,12 +703,17 @@ async fn a_request_in_flight_during_shutdown_completes() {
     let app = spawn_app(None).await;
     let body = valid_request().to_string();
     let (head, tail) = body.split_at(body.len() / 2);
-    let mut stream = tokio::net::TcpStream::connect(app.addr).await.expect("connect");
+    let mut stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
     let request_head = format!(
         "POST /v1/predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
         body.len()
     );
-    stream.write_all(request_head.as_bytes()).await.expect("write head");
+    stream
+        .write_all(request_head.as_bytes())
+        .await
+        .expect("write head");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
     app.shutdown.trigger();
@@ -412,16 +727,31 @@ async fn a_request_in_flight_during_shutdown_completes() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"probability\""), "{response}");
     assert!(refused, "new connections are refused once shutdown starts");
-    assert!(matches!(served, Ok(Ok(Ok(())))), "server stopped cleanly: {served:?}");
+    assert!(
+        matches!(served, Ok(Ok(Ok(())))),
+        "server stopped cleanly: {served:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_missing_model_artifact_stops_the_service_with_a_clear_message() {
-    let settings = Settings::try_parse_from(["prediction-api", "--listen", "127.0.0.1:0", "--model", "/nonexistent/model.json"]).expect("settings");
+    let settings = Settings::try_parse_from([
+        "prediction-api",
+        "--listen",
+        "127.0.0.1:0",
+        "--model",
+        "/nonexistent/model.json",
+    ])
+    .expect("settings");
     let telemetry = Telemetry::new(BuildInfo::new(SERVICE, "test")).expect("telemetry");
 
-    let err = Application::build(&settings, telemetry).await.expect_err("must not start");
+    let err = Application::build(&settings, telemetry)
+        .await
+        .expect_err("must not start");
 
     let message = format!("{err:#}");
-    assert!(message.contains("/nonexistent/model.json") && message.contains("cannot start"), "{message}");
+    assert!(
+        message.contains("/nonexistent/model.json") && message.contains("cannot start"),
+        "{message}"
+    );
 }

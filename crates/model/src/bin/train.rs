@@ -38,7 +38,8 @@ fn main() -> anyhow::Result<()> {
         ..TrainConfig::default()
     };
     let artifact = train(&config);
-    std::fs::write(&args.out, artifact.to_json()).with_context(|| format!("writing {}", args.out.display()))?;
+    std::fs::write(&args.out, artifact.to_json())
+        .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!(
         "wrote {}: held-out ml {:?}, baseline {:?}",
         args.out.display(),

@@ -82,9 +82,12 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             Some("authorization"),
             "an Authorization: Bearer <token> header is required",
         )),
-        Admission::Refused(AuthFailure::Invalid) => {
-            Err(ApiError::client(StatusCode::UNAUTHORIZED, "unauthorized", Some("authorization"), "invalid admin token"))
-        }
+        Admission::Refused(AuthFailure::Invalid) => Err(ApiError::client(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            Some("authorization"),
+            "invalid admin token",
+        )),
     }
 }
 
@@ -109,9 +112,17 @@ pub async fn set_variant(
 ) -> Result<Json<VariantChanged>, ApiError> {
     authorize(&state, &headers)?;
     let JsonBody(req) = body?;
-    let requested = req.variant.ok_or_else(|| ApiError::invalid("variant", "missing_field", "variant is required"))?;
-    let variant: Variant = requested.parse().map_err(|msg: String| ApiError::invalid("variant", "invalid_value", msg))?;
+    let requested = req
+        .variant
+        .ok_or_else(|| ApiError::invalid("variant", "missing_field", "variant is required"))?;
+    let variant: Variant = requested
+        .parse()
+        .map_err(|msg: String| ApiError::invalid("variant", "invalid_value", msg))?;
     let previous = state.set_variant(variant);
-    tracing::info!(from = previous.as_str(), to = variant.as_str(), "model variant switched");
+    tracing::info!(
+        from = previous.as_str(),
+        to = variant.as_str(),
+        "model variant switched"
+    );
     Ok(Json(VariantChanged { variant, previous }))
 }

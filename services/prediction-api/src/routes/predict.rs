@@ -77,32 +77,60 @@ pub struct BatchResponse {
 }
 
 fn at(prefix: &str, field: &str) -> String {
-    if prefix.is_empty() { field.to_owned() } else { format!("{prefix}.{field}") }
+    if prefix.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{prefix}.{field}")
+    }
 }
 
 /// Checks every field; `prefix` locates the request inside a batch (`items[3]`).
 fn validate(req: PredictRequest, prefix: &str) -> Result<(String, Features), ApiError> {
-    let symbol = req.symbol.ok_or_else(|| ApiError::invalid(&at(prefix, "symbol"), "missing_field", "symbol is required"))?;
+    let symbol = req.symbol.ok_or_else(|| {
+        ApiError::invalid(&at(prefix, "symbol"), "missing_field", "symbol is required")
+    })?;
     let symbol_ok = (1..=MAX_SYMBOL_LEN).contains(&symbol.chars().count())
-        && symbol.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && symbol
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if !symbol_ok {
         return Err(ApiError::invalid(
             &at(prefix, "symbol"),
             "invalid_value",
-            format!("symbol must be 1-{MAX_SYMBOL_LEN} characters of A-Z, a-z, 0-9, '.', '_' or '-'"),
+            format!(
+                "symbol must be 1-{MAX_SYMBOL_LEN} characters of A-Z, a-z, 0-9, '.', '_' or '-'"
+            ),
         ));
     }
-    let f = req
-        .features
-        .ok_or_else(|| ApiError::invalid(&at(prefix, "features"), "missing_field", "features is required"))?;
+    let f = req.features.ok_or_else(|| {
+        ApiError::invalid(
+            &at(prefix, "features"),
+            "missing_field",
+            "features is required",
+        )
+    })?;
     let get = |name: &str, value: Option<f64>, non_negative: bool| -> Result<f64, ApiError> {
         let field = at(prefix, &format!("features.{name}"));
-        let v = value.ok_or_else(|| ApiError::invalid(&field, "missing_field", format!("features.{name} is required")))?;
+        let v = value.ok_or_else(|| {
+            ApiError::invalid(
+                &field,
+                "missing_field",
+                format!("features.{name} is required"),
+            )
+        })?;
         if !v.is_finite() {
-            return Err(ApiError::invalid(&field, "invalid_value", format!("features.{name} must be a finite number")));
+            return Err(ApiError::invalid(
+                &field,
+                "invalid_value",
+                format!("features.{name} must be a finite number"),
+            ));
         }
         if non_negative && v < 0.0 {
-            return Err(ApiError::invalid(&field, "invalid_value", format!("features.{name} must be >= 0, got {v}")));
+            return Err(ApiError::invalid(
+                &field,
+                "invalid_value",
+                format!("features.{name} must be >= 0, got {v}"),
+            ));
         }
         Ok(v)
     };
@@ -133,7 +161,9 @@ fn rejected(state: &AppState, e: ApiError) -> ApiError {
 fn run(state: &AppState, variant: Variant, symbol: String, features: &Features) -> PredictResponse {
     let start = Instant::now();
     let prediction = state.model().predict(variant, features);
-    state.metrics().prediction(variant, &prediction, start.elapsed());
+    state
+        .metrics()
+        .prediction(variant, &prediction, start.elapsed());
     PredictResponse {
         symbol,
         probability: prediction.probability,
@@ -186,14 +216,26 @@ pub async fn predict_batch(
     body: Result<JsonBody<BatchRequest>, ApiError>,
 ) -> Result<Json<BatchResponse>, ApiError> {
     let JsonBody(req) = body.map_err(|e| rejected(&state, e))?;
-    let items = req
-        .items
-        .ok_or_else(|| rejected(&state, ApiError::invalid("items", "missing_field", "items is required")))?;
+    let items = req.items.ok_or_else(|| {
+        rejected(
+            &state,
+            ApiError::invalid("items", "missing_field", "items is required"),
+        )
+    })?;
     if items.is_empty() || items.len() > MAX_BATCH_ITEMS {
         let (code, message) = if items.is_empty() {
-            ("empty_batch", "items must hold at least one request".to_owned())
+            (
+                "empty_batch",
+                "items must hold at least one request".to_owned(),
+            )
         } else {
-            ("too_many_items", format!("items holds {} requests; at most {MAX_BATCH_ITEMS} are allowed", items.len()))
+            (
+                "too_many_items",
+                format!(
+                    "items holds {} requests; at most {MAX_BATCH_ITEMS} are allowed",
+                    items.len()
+                ),
+            )
         };
         return Err(rejected(&state, ApiError::invalid("items", code, message)));
     }
@@ -205,17 +247,27 @@ pub async fn predict_batch(
         .enumerate()
         .map(|(i, item)| {
             let prefix = format!("items[{i}]");
-            let outcome = from_value::<PredictRequest>(item, &prefix).and_then(|req| validate(req, &prefix));
+            let outcome =
+                from_value::<PredictRequest>(item, &prefix).and_then(|req| validate(req, &prefix));
             match outcome {
-                Ok((symbol, features)) => BatchItem::Ok { result: run(&state, variant, symbol, &features) },
+                Ok((symbol, features)) => BatchItem::Ok {
+                    result: run(&state, variant, symbol, &features),
+                },
                 Err(e) => {
                     failed += 1;
                     match rejected(&state, e) {
                         ApiError::Client { detail, .. } => BatchItem::Err { error: detail },
                         ApiError::Unexpected(e) => {
-                            tracing::error!(error = format!("{e:#}"), "batch item failed unexpectedly");
+                            tracing::error!(
+                                error = format!("{e:#}"),
+                                "batch item failed unexpectedly"
+                            );
                             BatchItem::Err {
-                                error: ErrorDetail { code: "internal", message: "internal server error".into(), field: None },
+                                error: ErrorDetail {
+                                    code: "internal",
+                                    message: "internal server error".into(),
+                                    field: None,
+                                },
                             }
                         }
                     }
@@ -223,5 +275,9 @@ pub async fn predict_batch(
             }
         })
         .collect::<Vec<_>>();
-    Ok(Json(BatchResponse { succeeded: results.len() - failed, failed, results }))
+    Ok(Json(BatchResponse {
+        succeeded: results.len() - failed,
+        failed,
+        results,
+    }))
 }

@@ -1,0 +1,152 @@
+# shellcheck shell=bash
+# Private infrastructure on loopback for tests, benchmarks and the native stack: tansu
+# (Kafka protocol), PostgreSQL in its own cluster, Prometheus and Alertmanager, each on a
+# free port under one run directory, all stopped by infra_stop. Source this file; it
+# defines functions and the TW_* variables, and changes nothing until they are called.
+
+TW_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+TANSU_VERSION=0.6.0
+
+log() { printf '\033[1m[%s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
+}
+
+# Installs Debian packages that are missing (apt-get update only when something is).
+ensure_apt() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Everything the tests need beyond Rust: Prometheus and promtool, Alertmanager and amtool,
+# PostgreSQL, wrk for benchmarks, and tansu (built from crates.io, 12-17 minutes cold).
+ensure_tools() {
+  ensure_apt prometheus prometheus-alertmanager postgresql wrk python3 curl
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    log "building tansu $TANSU_VERSION from crates.io (once per machine, 12-17 minutes)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore --quiet
+  fi
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_for() { # description timeout_seconds command...
+  local what=$1 timeout=$2; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || die "$what did not come up within ${timeout}s"
+    sleep 0.2
+  done
+}
+
+tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Creates the run directory; every start_* below puts its data and log there.
+infra_init() {
+  TW_RUN=$(mktemp -d "${TMPDIR:-/tmp}/tidewatch.XXXXXX")
+  chmod 755 "$TW_RUN"  # PostgreSQL runs as its own user and must reach its directory
+  : >"$TW_RUN/pids"
+  export TW_RUN
+}
+
+remember_pid() { echo "$1 $2" >>"$TW_RUN/pids"; }
+
+start_tansu() {
+  TW_KAFKA_PORT=$(free_port)
+  tansu broker --listener-url "tcp://127.0.0.1:$TW_KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$TW_KAFKA_PORT" >"$TW_RUN/tansu.log" 2>&1 &
+  remember_pid $! tansu
+  wait_for "tansu on :$TW_KAFKA_PORT" 30 tcp_open "$TW_KAFKA_PORT"
+  export TIDEWATCH_KAFKA_BROKERS="127.0.0.1:$TW_KAFKA_PORT"
+  log "tansu (Kafka protocol) on $TIDEWATCH_KAFKA_BROKERS"
+}
+
+pg_bin() { find /usr/lib/postgresql -maxdepth 2 -name bin -type d | sort -V | tail -n 1; }
+
+as_postgres() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+start_postgres() {
+  local bin dir="$TW_RUN/postgres"
+  bin=$(pg_bin)
+  [ -x "$bin/initdb" ] || die "PostgreSQL server binaries not found under /usr/lib/postgresql"
+  TW_PG_PORT=$(free_port)
+  mkdir -p "$dir"
+  [ "$(id -u)" -eq 0 ] && chown postgres: "$dir"
+  as_postgres "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --no-sync >"$TW_RUN/postgres-init.log" 2>&1 \
+    || die "initdb failed: $(tail -5 "$TW_RUN/postgres-init.log")"
+  as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+    -o "-p $TW_PG_PORT -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off" start >/dev/null \
+    || die "PostgreSQL did not start: $(tail -5 "$dir/postgres.log")"
+  echo "pg $dir/data" >>"$TW_RUN/pids"
+  as_postgres "$bin/createdb" -h 127.0.0.1 -p "$TW_PG_PORT" -U postgres tidewatch
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$TW_PG_PORT/tidewatch"
+  log "PostgreSQL on 127.0.0.1:$TW_PG_PORT (database tidewatch)"
+}
+
+# Prometheus reads monitoring/prometheus/prometheus.yml with the scrape and evaluation
+# interval given (tests use 1s), the repository's rules, and a target directory of its own.
+start_prometheus() {
+  local interval=${1:-15s} dir="$TW_RUN/prometheus"
+  TW_PROM_PORT=$(free_port)
+  mkdir -p "$dir/targets" "$dir/data"
+  sed -e "s/^\(  scrape_interval:\) 15s/\1 $interval/" \
+      -e "s/^\(  evaluation_interval:\) 15s/\1 $interval/" \
+      -e "s/^\(  scrape_timeout:\) 10s/\1 $interval/" \
+      "$TW_ROOT/monitoring/prometheus/prometheus.yml" >"$dir/prometheus.yml"
+  grep -q "scrape_interval: $interval" "$dir/prometheus.yml" || die "could not set the scrape interval"
+  ln -s "$TW_ROOT/monitoring/prometheus/rules" "$dir/rules"
+  echo "[{\"targets\": [\"127.0.0.1:$TW_PROM_PORT\"], \"labels\": {\"service\": \"prometheus\"}}]" >"$dir/targets/prometheus.json"
+  prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+    --web.listen-address="127.0.0.1:$TW_PROM_PORT" --web.enable-lifecycle >"$dir/prometheus.log" 2>&1 &
+  remember_pid $! prometheus
+  wait_for "Prometheus on :$TW_PROM_PORT" 60 curl -fsS "http://127.0.0.1:$TW_PROM_PORT/-/ready"
+  export TIDEWATCH_PROMETHEUS_URL="http://127.0.0.1:$TW_PROM_PORT"
+  export TIDEWATCH_PROMETHEUS_TARGETS="$dir/targets"
+  log "Prometheus on $TIDEWATCH_PROMETHEUS_URL (scrape interval $interval)"
+}
+
+start_alertmanager() {
+  local dir="$TW_RUN/alertmanager"
+  TW_AM_PORT=$(free_port)
+  mkdir -p "$dir"
+  prometheus-alertmanager --config.file="$TW_ROOT/monitoring/alertmanager/alertmanager.yml" \
+    --storage.path="$dir" --web.listen-address="127.0.0.1:$TW_AM_PORT" --cluster.listen-address= \
+    >"$dir/alertmanager.log" 2>&1 &
+  remember_pid $! alertmanager
+  wait_for "Alertmanager on :$TW_AM_PORT" 60 curl -fsS "http://127.0.0.1:$TW_AM_PORT/-/ready"
+  export TIDEWATCH_ALERTMANAGER_URL="http://127.0.0.1:$TW_AM_PORT"
+  if [ -n "${TIDEWATCH_PROMETHEUS_TARGETS:-}" ]; then
+    echo "[{\"targets\": [\"127.0.0.1:$TW_AM_PORT\"], \"labels\": {\"service\": \"alertmanager\"}}]" \
+      >"$TIDEWATCH_PROMETHEUS_TARGETS/alertmanager.json"
+  fi
+  log "Alertmanager on $TIDEWATCH_ALERTMANAGER_URL"
+}
+
+# Stops everything started above (newest first) and removes the run directory unless
+# TW_KEEP_RUN is set. Safe to call twice and from a trap.
+infra_stop() {
+  [ -n "${TW_RUN:-}" ] && [ -f "$TW_RUN/pids" ] || return 0
+  local what arg
+  tac "$TW_RUN/pids" | while read -r arg what; do
+    if [ "$arg" = pg ]; then
+      as_postgres "$(pg_bin)/pg_ctl" -D "$what" -m fast -w stop >/dev/null 2>&1 || true
+    else
+      kill "$arg" 2>/dev/null && { for _ in $(seq 50); do kill -0 "$arg" 2>/dev/null || break; sleep 0.1; done; kill -9 "$arg" 2>/dev/null; }
+    fi
+  done
+  : >"$TW_RUN/pids"
+  if [ -n "${TW_KEEP_RUN:-}" ]; then log "run directory kept: $TW_RUN"; else rm -rf "$TW_RUN"; fi
+}
