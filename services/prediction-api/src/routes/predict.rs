@@ -109,28 +109,15 @@ fn validate(req: PredictRequest, prefix: &str) -> Result<(String, Features), Api
             "features is required",
         )
     })?;
+    // Field paths are only built when something is wrong: this runs on every request.
     let get = |name: &str, value: Option<f64>, non_negative: bool| -> Result<f64, ApiError> {
-        let field = at(prefix, &format!("features.{name}"));
-        let v = value.ok_or_else(|| {
-            ApiError::invalid(
-                &field,
-                "missing_field",
-                format!("features.{name} is required"),
-            )
-        })?;
+        let fail = |code, message: String| ApiError::invalid(&at(prefix, &format!("features.{name}")), code, message);
+        let v = value.ok_or_else(|| fail("missing_field", format!("features.{name} is required")))?;
         if !v.is_finite() {
-            return Err(ApiError::invalid(
-                &field,
-                "invalid_value",
-                format!("features.{name} must be a finite number"),
-            ));
+            return Err(fail("invalid_value", format!("features.{name} must be a finite number")));
         }
         if non_negative && v < 0.0 {
-            return Err(ApiError::invalid(
-                &field,
-                "invalid_value",
-                format!("features.{name} must be >= 0, got {v}"),
-            ));
+            return Err(fail("invalid_value", format!("features.{name} must be >= 0, got {v}")));
         }
         Ok(v)
     };

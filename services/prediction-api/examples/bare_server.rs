@@ -1,0 +1,32 @@
+//! The prediction handlers with no instrumentation at all (no RED layer, no request ids, no
+//! spans, no-op business metrics): the baseline `scripts/bench-api` compares the real
+//! binary against. Prints `listening ADDR` once bound.
+
+use std::path::PathBuf;
+
+use clap::Parser as _;
+use prediction_api::events::ApiMetrics;
+use prediction_api::settings::Settings;
+use prediction_api::state::AppState;
+use tidewatch_model::Model;
+use tidewatch_telemetry::BuildInfo;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::parse();
+    let model = Model::load(&PathBuf::from(&settings.model_path))?;
+    let state = AppState::new(
+        model,
+        settings.variant,
+        None,
+        settings.max_body_bytes,
+        ApiMetrics::disabled(),
+        BuildInfo::new("prediction-api-bare", env!("CARGO_PKG_VERSION")),
+        None,
+        settings.public_view(),
+    );
+    let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+    println!("listening {}", listener.local_addr()?);
+    axum::serve(listener, prediction_api::bare_router(state)).await?;
+    Ok(())
+}
