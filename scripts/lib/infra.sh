@@ -139,14 +139,18 @@ start_alertmanager() {
 # TW_KEEP_RUN is set. Safe to call twice and from a trap.
 infra_stop() {
   [ -n "${TW_RUN:-}" ] && [ -f "$TW_RUN/pids" ] || return 0
+  # Runs from an EXIT trap under `set -e`: one failed kill must not stop the cleanup.
+  set +e
   local what arg
-  tac "$TW_RUN/pids" | while read -r arg what; do
+  while read -r arg what; do
     if [ "$arg" = pg ]; then
-      as_postgres "$(pg_bin)/pg_ctl" -D "$what" -m fast -w stop >/dev/null 2>&1 || true
-    else
-      kill "$arg" 2>/dev/null && { for _ in $(seq 50); do kill -0 "$arg" 2>/dev/null || break; sleep 0.1; done; kill -9 "$arg" 2>/dev/null; }
+      as_postgres "$(pg_bin)/pg_ctl" -D "$what" -m fast -w stop >/dev/null 2>&1
+    elif kill "$arg" 2>/dev/null; then
+      for _ in $(seq 50); do kill -0 "$arg" 2>/dev/null || break; sleep 0.1; done
+      kill -0 "$arg" 2>/dev/null && kill -9 "$arg" 2>/dev/null
     fi
-  done
+  done < <(tac "$TW_RUN/pids")
   : >"$TW_RUN/pids"
   if [ -n "${TW_KEEP_RUN:-}" ]; then log "run directory kept: $TW_RUN"; else rm -rf "$TW_RUN"; fi
+  return 0
 }

@@ -15,7 +15,11 @@ fn main() -> anyhow::Result<()> {
         let route = format!("/v1/resource{r}/{{id}}");
         for m in methods {
             for s in statuses {
-                let labels = [("http_request_method", m), ("http_route", route.as_str()), ("http_response_status_code", s)];
+                let labels = [
+                    ("http_request_method", m),
+                    ("http_route", route.as_str()),
+                    ("http_response_status_code", s),
+                ];
                 let h = catalog::HTTP_SERVER_REQUEST_DURATION.histogram(&labels);
                 for i in 0..50 {
                     h.record(f64::from(i) * 0.002);
@@ -26,10 +30,15 @@ fn main() -> anyhow::Result<()> {
     }
     for i in 0..2_400 {
         let component = format!("component-{i}");
-        catalog::HEALTH_STATUS.gauge(&[("component", &component), ("status", "healthy")]).set(1.0);
+        catalog::HEALTH_STATUS
+            .gauge(&[("component", &component), ("status", "healthy")])
+            .set(1.0);
     }
     let text = metrics.render();
-    let series = text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
+    let series = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
 
     let mut times: Vec<f64> = (0..200)
         .map(|_| {

@@ -111,13 +111,22 @@ fn validate(req: PredictRequest, prefix: &str) -> Result<(String, Features), Api
     })?;
     // Field paths are only built when something is wrong: this runs on every request.
     let get = |name: &str, value: Option<f64>, non_negative: bool| -> Result<f64, ApiError> {
-        let fail = |code, message: String| ApiError::invalid(&at(prefix, &format!("features.{name}")), code, message);
-        let v = value.ok_or_else(|| fail("missing_field", format!("features.{name} is required")))?;
+        let fail = |code, message: String| {
+            ApiError::invalid(&at(prefix, &format!("features.{name}")), code, message)
+        };
+        let v =
+            value.ok_or_else(|| fail("missing_field", format!("features.{name} is required")))?;
         if !v.is_finite() {
-            return Err(fail("invalid_value", format!("features.{name} must be a finite number")));
+            return Err(fail(
+                "invalid_value",
+                format!("features.{name} must be a finite number"),
+            ));
         }
         if non_negative && v < 0.0 {
-            return Err(fail("invalid_value", format!("features.{name} must be >= 0, got {v}")));
+            return Err(fail(
+                "invalid_value",
+                format!("features.{name} must be >= 0, got {v}"),
+            ));
         }
         Ok(v)
     };
