@@ -52,7 +52,7 @@ pub struct TelemetryArgs {
     /// Log output: json, pretty, or auto (json unless stdout is a terminal).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "auto")]
     pub log_format: LogFormat,
-    /// Log filter in RUST_LOG syntax, e.g. `info` or `info,tower_http=debug`.
+    /// Log filter in RUST_LOG syntax, e.g. `info` or `info,tidewatch_telemetry=debug`.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 }
