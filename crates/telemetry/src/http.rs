@@ -78,7 +78,10 @@ struct RequestIds {
 
 impl Default for RequestIds {
     fn default() -> Self {
-        Self { prefix: uuid::Uuid::new_v4().as_u64_pair().0, next: Default::default() }
+        Self {
+            prefix: uuid::Uuid::new_v4().as_u64_pair().0,
+            next: Default::default(),
+        }
     }
 }
 
@@ -101,7 +104,13 @@ impl RequestIds {
     /// The client's id if it is short printable ASCII, otherwise a new one.
     fn for_request(&self, given: Option<&HeaderValue>) -> HeaderValue {
         match given {
-            Some(v) if !v.is_empty() && v.len() <= MAX_CLIENT_ID_LEN && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) => v.clone(),
+            Some(v)
+                if !v.is_empty()
+                    && v.len() <= MAX_CLIENT_ID_LEN
+                    && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
+            {
+                v.clone()
+            }
             _ => self.next(),
         }
     }
@@ -255,7 +264,11 @@ where
         );
         handles.active.increment(1.0);
         let inner = span.in_scope(|| self.inner.call(req));
-        ResponseFuture { inner, span, guard: Some(InFlight { handles, start, id }) }
+        ResponseFuture {
+            inner,
+            span,
+            guard: Some(InFlight { handles, start, id }),
+        }
     }
 }
 
@@ -309,7 +322,9 @@ where
             } else {
                 tracing::debug!(status = code, latency_ms, "request finished");
             }
-            response.headers_mut().insert(X_REQUEST_ID.clone(), guard.id.clone());
+            response
+                .headers_mut()
+                .insert(X_REQUEST_ID.clone(), guard.id.clone());
         }
         Poll::Ready(result)
     }
