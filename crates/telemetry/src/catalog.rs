@@ -45,6 +45,8 @@ pub enum Group {
     Prediction,
     /// Admin endpoints.
     Admin,
+    /// Kafka clients and the stage loop every streaming service runs.
+    Kafka,
 }
 
 impl Group {
@@ -56,6 +58,7 @@ impl Group {
             Group::Health => "health",
             Group::Prediction => "prediction",
             Group::Admin => "admin",
+            Group::Kafka => "kafka",
         }
     }
 }
@@ -392,6 +395,155 @@ pub const ADMIN_ACTIONS: MetricDef = MetricDef {
     group: Group::Admin,
 };
 
+// --- Kafka and streaming stages (after Vector's component specification) ---
+
+/// Produce round trips on loopback take milliseconds; across a network, more.
+const PRODUCE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Processing one message is microseconds; a slow stage shows up to seconds.
+const PROCESSING_BUCKETS: &[f64] = &[
+    1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0,
+];
+const EVENTS_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
+
+pub const KAFKA_PRODUCED: MetricDef = MetricDef {
+    name: "tidewatch_kafka_produced_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["topic", "outcome"],
+    help: "Messages whose delivery the broker answered, by topic and outcome (acked, failed).",
+    buckets: &[],
+    group: Group::Kafka,
+};
+pub const KAFKA_PRODUCE_DURATION: MetricDef = MetricDef {
+    name: "tidewatch_kafka_produce_duration_seconds",
+    kind: MetricKind::Histogram,
+    unit: Some("seconds"),
+    labels: &["topic"],
+    help: "Time from handing a message to the producer to the broker's acknowledgement.",
+    buckets: PRODUCE_BUCKETS,
+    group: Group::Kafka,
+};
+pub const KAFKA_CONSUMER_LAG: MetricDef = MetricDef {
+    name: "tidewatch_kafka_consumer_lag_messages",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["topic", "partition"],
+    help: "Messages between the partition's high watermark and the group's committed offset (librdkafka statistics).",
+    buckets: &[],
+    group: Group::Kafka,
+};
+pub const KAFKA_FRESHNESS_LAG: MetricDef = MetricDef {
+    name: "tidewatch_kafka_freshness_lag_seconds",
+    kind: MetricKind::Gauge,
+    unit: Some("seconds"),
+    labels: &["stage"],
+    help: "Now minus the ingest time of the last message the stage finished.",
+    buckets: &[],
+    group: Group::Kafka,
+};
+pub const KAFKA_COMMITS: MetricDef = MetricDef {
+    name: "tidewatch_kafka_commits_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["outcome"],
+    help: "Offset commits, by outcome (ok, failed).",
+    buckets: &[],
+    group: Group::Kafka,
+};
+pub const KAFKA_REBALANCES: MetricDef = MetricDef {
+    name: "tidewatch_kafka_rebalances_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["kind"],
+    help: "Consumer group rebalances seen, by kind (assign, revoke, error).",
+    buckets: &[],
+    group: Group::Kafka,
+};
+pub const COMPONENT_RECEIVED_EVENTS: MetricDef = MetricDef {
+    name: "tidewatch_component_received_events_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["stage"],
+    help: "Events a stage read from its input.",
+    buckets: &[],
+    group: Group::Kafka,
+};
+pub const COMPONENT_RECEIVED_BYTES: MetricDef = MetricDef {
+    name: "tidewatch_component_received_event_bytes_total",
+    kind: MetricKind::Counter,
+    unit: Some("bytes"),
+    labels: &["stage"],
+    help: "Payload bytes a stage read from its input.",
+    buckets: &[],
+    group: Group::Kafka,
+};
+pub const COMPONENT_SENT_EVENTS: MetricDef = MetricDef {
+    name: "tidewatch_component_sent_events_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["stage", "topic"],
+    help: "Events a stage wrote and the broker acknowledged, by output topic.",
+    buckets: &[],
+    group: Group::Kafka,
+};
+pub const COMPONENT_SENT_BYTES: MetricDef = MetricDef {
+    name: "tidewatch_component_sent_event_bytes_total",
+    kind: MetricKind::Counter,
+    unit: Some("bytes"),
+    labels: &["stage", "topic"],
+    help: "Payload bytes a stage wrote and the broker acknowledged, by output topic.",
+    buckets: &[],
+    group: Group::Kafka,
+};
+pub const COMPONENT_ERRORS: MetricDef = MetricDef {
+    name: "tidewatch_component_errors_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["stage", "error_type"],
+    help: "Errors in a stage, by bounded error type.",
+    buckets: &[],
+    group: Group::Kafka,
+};
+pub const COMPONENT_DISCARDED_EVENTS: MetricDef = MetricDef {
+    name: "tidewatch_component_discarded_events_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["stage", "intentional"],
+    help: "Events a stage did not pass on: intentional (filtered, dead-lettered) or not (lost to an error).",
+    buckets: &[],
+    group: Group::Kafka,
+};
+pub const COMPONENT_PROCESSING_DURATION: MetricDef = MetricDef {
+    name: "tidewatch_component_processing_duration_seconds",
+    kind: MetricKind::Histogram,
+    unit: Some("seconds"),
+    labels: &["stage"],
+    help: "Time a stage spent turning one input event into its outputs.",
+    buckets: PROCESSING_BUCKETS,
+    group: Group::Kafka,
+};
+pub const COMPONENT_BATCH_SIZE: MetricDef = MetricDef {
+    name: "tidewatch_component_batch_size_events",
+    kind: MetricKind::Histogram,
+    unit: None,
+    labels: &["stage"],
+    help:
+        "Events a stage had in flight (processed, awaiting acknowledgement) when it stored offsets.",
+    buckets: EVENTS_BUCKETS,
+    group: Group::Kafka,
+};
+pub const DLQ_MESSAGES: MetricDef = MetricDef {
+    name: "tidewatch_dlq_messages_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["stage", "error_code"],
+    help: "Messages sent to the dead-letter topic, by stage and bounded error code.",
+    buckets: &[],
+    group: Group::Kafka,
+};
+
 /// Every metric in the workspace, in the order `METRICS.md` lists them.
 pub const ALL: &[&MetricDef] = &[
     &HTTP_SERVER_REQUEST_DURATION,
@@ -419,6 +571,21 @@ pub const ALL: &[&MetricDef] = &[
     &MODEL_HELDOUT_SCORE,
     &ADMIN_AUTH_FAILURES,
     &ADMIN_ACTIONS,
+    &KAFKA_PRODUCED,
+    &KAFKA_PRODUCE_DURATION,
+    &KAFKA_CONSUMER_LAG,
+    &KAFKA_FRESHNESS_LAG,
+    &KAFKA_COMMITS,
+    &KAFKA_REBALANCES,
+    &COMPONENT_RECEIVED_EVENTS,
+    &COMPONENT_RECEIVED_BYTES,
+    &COMPONENT_SENT_EVENTS,
+    &COMPONENT_SENT_BYTES,
+    &COMPONENT_ERRORS,
+    &COMPONENT_DISCARDED_EVENTS,
+    &COMPONENT_PROCESSING_DURATION,
+    &COMPONENT_BATCH_SIZE,
+    &DLQ_MESSAGES,
 ];
 
 /// The groups every Tidewatch service exposes, whatever else it does.

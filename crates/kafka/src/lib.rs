@@ -1,0 +1,69 @@
+//! Kafka plumbing shared by every streaming stage.
+//!
+//! - [`KafkaArgs`] and [`ensure_topics`]: broker address and topic creation at start, so a
+//!   fresh broker works.
+//! - [`producer`]: the idempotent producer, with delivery outcome and latency metrics.
+//! - [`stage`]: the at-least-once consume-process-produce loop. An input offset is stored
+//!   only after every output of that message (including a dead letter) was acknowledged,
+//!   in consumption order, so a crash replays rather than loses.
+//! - [`context`]: librdkafka statistics turned into lag gauges (never logged), rebalances
+//!   and commits counted.
+//! - [`dlq`]: the one dead-letter topic and its headers.
+
+pub mod context;
+pub mod dlq;
+pub mod producer;
+pub mod stage;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
+
+pub use producer::{Producer, Record};
+pub use stage::{Input, Outcome, Processor, StageConfig};
+
+/// Broker settings every Kafka service shares (flattened into its clap arguments).
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(
+        long = "brokers",
+        env = "KAFKA_BROKERS",
+        default_value = "localhost:9092"
+    )]
+    pub brokers: String,
+    /// Partitions for topics this service creates when they are missing.
+    #[arg(long, env = "KAFKA_TOPIC_PARTITIONS", default_value_t = 3)]
+    pub topic_partitions: i32,
+}
+
+/// Creates the topics that do not exist yet; existing ones are left as they are.
+pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("creating the Kafka admin client")?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&new, &options)
+        .await
+        .context("creating topics")?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(topic, partitions, "topic created"),
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::debug!(topic, "topic exists")
+            }
+            Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! The idempotent producer every stage writes through: acks from all in-sync replicas,
+//! retries without duplicates, and a delivery outcome and latency per topic.
+
+use std::future::Future;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use tidewatch_telemetry::catalog;
+
+/// One message to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    pub fn new(topic: impl Into<String>, key: Option<Vec<u8>>, payload: Vec<u8>) -> Self {
+        Self {
+            topic: topic.into(),
+            key,
+            payload,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// Why a message was not delivered (after librdkafka's own retries).
+#[derive(Debug, thiserror::Error)]
+#[error("delivery to {topic} failed: {source}")]
+pub struct ProduceError {
+    pub topic: String,
+    pub source: rdkafka::error::KafkaError,
+}
+
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").finish_non_exhaustive()
+    }
+}
+
+impl Producer {
+    pub fn new(brokers: &str, client_id: &str) -> anyhow::Result<Self> {
+        let inner = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("client.id", client_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "60000")
+            .create()
+            .context("creating the Kafka producer")?;
+        Ok(Self { inner })
+    }
+
+    /// Queues one record now (so records are written in the order `send` is called) and
+    /// returns a future that resolves when the broker acknowledged it or librdkafka gave up.
+    pub fn send(
+        &self,
+        record: &Record,
+    ) -> impl Future<Output = Result<usize, ProduceError>> + Send + 'static {
+        let start = Instant::now();
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (name, value) in &record.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+        let mut future_record = FutureRecord::<[u8], [u8]>::to(&record.topic)
+            .payload(&record.payload)
+            .headers(headers);
+        if let Some(key) = &record.key {
+            future_record = future_record.key(key);
+        }
+        let queued = self.inner.send_result(future_record).map_err(|(e, _)| e);
+        let topic = record.topic.clone();
+        let bytes = record.payload.len();
+        async move {
+            let outcome = match queued {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(bytes),
+                    Ok(Err((e, _))) => Err(e),
+                    Err(_cancelled) => Err(rdkafka::error::KafkaError::Canceled),
+                },
+                Err(e) => Err(e),
+            };
+            let label = if outcome.is_ok() { "acked" } else { "failed" };
+            catalog::KAFKA_PRODUCED
+                .counter(&[("topic", &topic), ("outcome", label)])
+                .increment(1);
+            catalog::KAFKA_PRODUCE_DURATION
+                .histogram(&[("topic", &topic)])
+                .record(start.elapsed().as_secs_f64());
+            outcome.map_err(|source| ProduceError { topic, source })
+        }
+    }
+
+    /// Waits for everything queued to be delivered, for shutdown.
+    pub fn flush(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        use rdkafka::producer::Producer as _;
+        self.inner.flush(timeout).context("flushing the producer")
+    }
+}

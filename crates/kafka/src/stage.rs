@@ -1,0 +1,268 @@
+//! The at-least-once stage loop: consume, process, produce, and only then store the offset.
+//!
+//! Auto-commit is on and the automatic offset store off, as in rust-rdkafka's at-least-once
+//! example: an input offset is stored only once every output of that message (a dead letter
+//! included) was acknowledged by the broker, and offsets are stored in consumption order,
+//! so a crash at any point replays messages instead of losing them. Up to `max_in_flight`
+//! messages are processed ahead of their acknowledgements, which keeps throughput up.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use futures::stream::{FuturesOrdered, StreamExt as _};
+use metrics::{Counter, Gauge, Histogram};
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::{ClientConfig, Message as _};
+use tidewatch_telemetry::{catalog, ComponentHealth, HealthHandle, Shutdown};
+
+use crate::context::StageContext;
+use crate::dlq::dead_letter;
+use crate::producer::{ProduceError, Producer, Record};
+
+/// One consumed message, as a processor sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+    /// The message's Kafka timestamp (when it was produced), in Unix milliseconds.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// What a processor decided for one input message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Write these records (possibly none) to their topics.
+    Emit(Vec<Record>),
+    /// Send the input unchanged to the dead-letter topic; `error_code` is a bounded label.
+    DeadLetter {
+        error_code: &'static str,
+        reason: String,
+    },
+}
+
+/// A stage's logic: pure with respect to Kafka (no I/O of its own on the hot path).
+pub trait Processor: Send {
+    fn process(&mut self, input: &Input<'_>) -> Outcome;
+}
+
+#[derive(Debug, Clone)]
+pub struct StageConfig {
+    /// Stage name, the `stage` label of its metrics.
+    pub stage: &'static str,
+    pub brokers: String,
+    pub group_id: String,
+    pub input_topic: String,
+    /// Messages processed but not yet acknowledged, at most.
+    pub max_in_flight: usize,
+}
+
+type Pending = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// A message whose outputs have all been answered by the broker.
+struct Done {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    result: Result<Vec<(String, usize)>, ProduceError>,
+}
+
+struct StageMetrics {
+    stage: &'static str,
+    received: Counter,
+    received_bytes: Counter,
+    processing: Histogram,
+    batch: Histogram,
+    freshness: Gauge,
+    sent: HashMap<String, (Counter, Counter)>,
+}
+
+impl StageMetrics {
+    fn new(stage: &'static str) -> Self {
+        let s = [("stage", stage)];
+        Self {
+            stage,
+            received: catalog::COMPONENT_RECEIVED_EVENTS.counter(&s),
+            received_bytes: catalog::COMPONENT_RECEIVED_BYTES.counter(&s),
+            processing: catalog::COMPONENT_PROCESSING_DURATION.histogram(&s),
+            batch: catalog::COMPONENT_BATCH_SIZE.histogram(&s),
+            freshness: catalog::KAFKA_FRESHNESS_LAG.gauge(&s),
+            sent: HashMap::new(),
+        }
+    }
+
+    fn sent(&mut self, topic: &str, bytes: usize) {
+        let stage = self.stage;
+        let (events, total) = self.sent.entry(topic.to_owned()).or_insert_with(|| {
+            let labels = [("stage", stage), ("topic", topic)];
+            (
+                catalog::COMPONENT_SENT_EVENTS.counter(&labels),
+                catalog::COMPONENT_SENT_BYTES.counter(&labels),
+            )
+        });
+        events.increment(1);
+        total.increment(bytes as u64);
+    }
+
+    fn error(&self, error_type: &'static str) {
+        catalog::COMPONENT_ERRORS
+            .counter(&[("stage", self.stage), ("error_type", error_type)])
+            .increment(1);
+    }
+
+    fn dead_lettered(&self, error_code: &'static str) {
+        catalog::DLQ_MESSAGES
+            .counter(&[("stage", self.stage), ("error_code", error_code)])
+            .increment(1);
+        catalog::COMPONENT_DISCARDED_EVENTS
+            .counter(&[("stage", self.stage), ("intentional", "true")])
+            .increment(1);
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Runs the stage until `shutdown`, then finishes what is in flight, stores and commits its
+/// offsets, and returns. A delivery that fails after librdkafka's retries stops the stage
+/// with an error *without* storing that offset: on restart the message is processed again.
+pub async fn run<P: Processor>(
+    config: &StageConfig,
+    producer: &Producer,
+    processor: &mut P,
+    shutdown: &Shutdown,
+    health: &HealthHandle,
+) -> anyhow::Result<()> {
+    let consumer: StreamConsumer<StageContext> = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("client.id", config.stage)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(StageContext::default())
+        .context("creating the Kafka consumer")?;
+    consumer
+        .subscribe(&[&config.input_topic])
+        .context("subscribing")?;
+    tracing::info!(stage = config.stage, topic = %config.input_topic, group = %config.group_id, "consuming");
+
+    let mut metrics = StageMetrics::new(config.stage);
+    let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let stop = shutdown.cancelled();
+    tokio::pin!(stop);
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            () = &mut stop => break Ok(()),
+            Some(done) = pending.next(), if !pending.is_empty() => {
+                if let Err(e) = finish(&consumer, &mut metrics, done, pending.len()) {
+                    break Err(e);
+                }
+            }
+            received = consumer.recv(), if pending.len() < config.max_in_flight => {
+                let message = match received {
+                    Ok(m) => m,
+                    Err(e) => {
+                        metrics.error("consume_failed");
+                        health.set(ComponentHealth::degraded(format!("consume failed: {e}")));
+                        tracing::warn!(error = %e, "consume failed");
+                        continue;
+                    }
+                };
+                health.set(ComponentHealth::healthy("consuming"));
+                let input = Input {
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key(),
+                    payload: message.payload().unwrap_or_default(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                };
+                metrics.received.increment(1);
+                metrics.received_bytes.increment(input.payload.len() as u64);
+                let start = Instant::now();
+                let records = match processor.process(&input) {
+                    Outcome::Emit(records) => records,
+                    Outcome::DeadLetter { error_code, reason } => {
+                        metrics.error(error_code);
+                        metrics.dead_lettered(error_code);
+                        vec![dead_letter(config.stage, &input, error_code, &reason)]
+                    }
+                };
+                metrics.processing.record(start.elapsed().as_secs_f64());
+                let deliveries: Vec<_> = records.iter().map(|r| producer.send(r)).collect();
+                let topics: Vec<String> = records.into_iter().map(|r| r.topic).collect();
+                let (topic, partition, offset, timestamp_ms) =
+                    (input.topic.to_owned(), input.partition, input.offset, input.timestamp_ms);
+                pending.push_back(Box::pin(async move {
+                    let result = futures::future::try_join_all(deliveries)
+                        .await
+                        .map(|sizes| topics.into_iter().zip(sizes).collect());
+                    Done { topic, partition, offset, timestamp_ms, result }
+                }));
+            }
+        }
+    };
+    // Finish what is in flight, even on shutdown: its outputs are already queued.
+    let mut outcome = outcome;
+    while let Some(done) = pending.next().await {
+        if outcome.is_ok() {
+            outcome = finish(&consumer, &mut metrics, done, pending.len());
+        }
+    }
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(())
+        | Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => {}
+        Err(e) => tracing::warn!(error = %e, "final commit failed"),
+    }
+    producer.flush(Duration::from_secs(10))?;
+    tracing::info!(stage = config.stage, "stage stopped, offsets committed");
+    outcome
+}
+
+fn finish(
+    consumer: &StreamConsumer<StageContext>,
+    metrics: &mut StageMetrics,
+    done: Done,
+    in_flight: usize,
+) -> anyhow::Result<()> {
+    match done.result {
+        Ok(sent) => {
+            for (topic, bytes) in sent {
+                metrics.sent(&topic, bytes);
+            }
+            // After a rebalance the partition may belong to another member now; it will
+            // process the message again, which at-least-once allows.
+            if let Err(e) = consumer.store_offset(&done.topic, done.partition, done.offset) {
+                tracing::debug!(error = %e, partition = done.partition, "offset not stored");
+            }
+            metrics.batch.record((in_flight + 1) as f64);
+            if let Some(ts) = done.timestamp_ms {
+                metrics.freshness.set((now_ms() - ts).max(0) as f64 / 1e3);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            metrics.error("produce_failed");
+            Err(anyhow::Error::new(e).context(format!(
+                "output of {}[{}]@{} was not delivered; stopping without storing its offset",
+                done.topic, done.partition, done.offset
+            )))
+        }
+    }
+}
