@@ -8,11 +8,15 @@
 //!   in consumption order, so a crash replays rather than loses.
 //! - [`context`]: librdkafka statistics turned into lag gauges (never logged), rebalances
 //!   and commits counted.
-//! - [`dlq`]: the one dead-letter topic and its headers.
+//! - [`dlq`]: the one dead-letter topic and its headers; [`inspect`] reads a topic back.
+//! - [`service`]: topics, ops server, health and shutdown around a stage: a stage binary is
+//!   its settings, its [`Processor`] and a call to [`service::StageService`].
 
 pub mod context;
 pub mod dlq;
+pub mod inspect;
 pub mod producer;
+pub mod service;
 pub mod stage;
 
 use std::time::Duration;

@@ -1,12 +1,11 @@
 //! The stage loop against a real Kafka-protocol broker (tansu, started by `scripts/test`).
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::Headers as _;
-use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tidewatch_kafka::dlq::{self, DLQ_TOPIC};
+use tidewatch_kafka::inspect::{read_topic, ReadMessage};
 use tidewatch_kafka::stage::{self, Input, Outcome, Processor, StageConfig};
 use tidewatch_kafka::{ensure_topics, Producer, Record};
 use tidewatch_telemetry::{ComponentHealth, Criticality, Health, Shutdown};
@@ -49,65 +48,6 @@ impl Processor for Doubler {
             },
         }
     }
-}
-
-type Received = Vec<(Vec<u8>, HashMap<String, String>)>;
-
-/// Messages of `topic` from the beginning that `keep` accepts, read until `want` arrived
-/// (or 60 s passed), then for two more seconds to catch duplicates.
-fn read_all(topic: &str, want: usize, keep: impl Fn(&HashMap<String, String>) -> bool) -> Received {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", unique("reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("reader");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut out = Vec::new();
-    while out.len() < want && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_owned(),
-                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            if keep(&headers) {
-                out.push((m.payload().unwrap_or_default().to_vec(), headers));
-            }
-        }
-    }
-    let settle = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < settle {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let headers: HashMap<String, String> = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_owned(),
-                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            if keep(&headers) {
-                out.push((m.payload().unwrap_or_default().to_vec(), headers));
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,35 +111,58 @@ async fn every_message_is_transformed_or_dead_lettered_once_and_offsets_are_comm
 
     let outputs = tokio::task::spawn_blocking({
         let output = output.clone();
-        move || read_all(&output, 180, |_| true)
-    })
-    .await
-    .expect("read");
-    let dead = tokio::task::spawn_blocking({
-        let input = input.clone();
         move || {
-            read_all(DLQ_TOPIC, 20, move |h| {
-                h.get(dlq::HEADER_SOURCE_TOPIC) == Some(&input)
-            })
+            read_topic(
+                &brokers(),
+                &output,
+                180,
+                Duration::from_secs(60),
+                Duration::from_secs(2),
+                |_| true,
+            )
         }
     })
     .await
-    .expect("read");
+    .expect("joined")
+    .expect("read outputs");
+    let dead = tokio::task::spawn_blocking({
+        let input = input.clone();
+        move || {
+            read_topic(
+                &brokers(),
+                DLQ_TOPIC,
+                20,
+                Duration::from_secs(60),
+                Duration::from_secs(2),
+                move |m| m.headers.get(dlq::HEADER_SOURCE_TOPIC) == Some(&input),
+            )
+        }
+    })
+    .await
+    .expect("joined")
+    .expect("read dead letters");
     shutdown.trigger();
     let stopped = runner.await.expect("joined");
 
     assert!(stopped.is_ok(), "{stopped:?}");
     let mut got: Vec<i64> = outputs
         .iter()
-        .map(|(p, _)| String::from_utf8_lossy(p).parse().expect("integer"))
+        .map(|m| {
+            String::from_utf8_lossy(&m.payload)
+                .parse()
+                .expect("integer")
+        })
         .collect();
     got.sort_unstable();
     let want: Vec<i64> = (0..200).filter(|i| i % 10 != 7).map(|i| i * 2).collect();
     assert_eq!(got, want, "each valid input exactly once");
     assert_eq!(dead.len(), 20, "each bad input dead-lettered exactly once");
-    for (payload, headers) in &dead {
+    for ReadMessage {
+        payload, headers, ..
+    } in &dead
+    {
         assert!(
-            String::from_utf8_lossy(payload).starts_with("bad-"),
+            String::from_utf8_lossy(&payload[..]).starts_with("bad-"),
             "unchanged payload"
         );
         assert_eq!(

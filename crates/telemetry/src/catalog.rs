@@ -47,6 +47,8 @@ pub enum Group {
     Admin,
     /// Kafka clients and the stage loop every streaming service runs.
     Kafka,
+    /// Input data quality, measured where raw records are validated.
+    Quality,
 }
 
 impl Group {
@@ -59,6 +61,7 @@ impl Group {
             Group::Prediction => "prediction",
             Group::Admin => "admin",
             Group::Kafka => "kafka",
+            Group::Quality => "quality",
         }
     }
 }
@@ -544,6 +547,36 @@ pub const DLQ_MESSAGES: MetricDef = MetricDef {
     group: Group::Kafka,
 };
 
+// --- Data quality ---
+
+pub const DATA_QUALITY_ISSUES: MetricDef = MetricDef {
+    name: "tidewatch_data_quality_issues_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["stage", "field", "issue"],
+    help: "Rejected raw records, by field and issue (missing, invalid, out_of_range, malformed, unknown_venue).",
+    buckets: &[],
+    group: Group::Quality,
+};
+pub const SCHEMA_VIOLATIONS: MetricDef = MetricDef {
+    name: "tidewatch_schema_violations_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["stage", "kind"],
+    help: "Raw records that do not match either venue's schema (malformed, unknown_venue, invalid type or format).",
+    buckets: &[],
+    group: Group::Quality,
+};
+pub const DATA_QUALITY_SCORE: MetricDef = MetricDef {
+    name: "tidewatch_data_quality_score",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["stage"],
+    help: "Share of valid records among the last 1,000, as 0-100.",
+    buckets: &[],
+    group: Group::Quality,
+};
+
 /// Every metric in the workspace, in the order `METRICS.md` lists them.
 pub const ALL: &[&MetricDef] = &[
     &HTTP_SERVER_REQUEST_DURATION,
@@ -586,6 +619,9 @@ pub const ALL: &[&MetricDef] = &[
     &COMPONENT_PROCESSING_DURATION,
     &COMPONENT_BATCH_SIZE,
     &DLQ_MESSAGES,
+    &DATA_QUALITY_ISSUES,
+    &SCHEMA_VIOLATIONS,
+    &DATA_QUALITY_SCORE,
 ];
 
 /// The groups every Tidewatch service exposes, whatever else it does.
