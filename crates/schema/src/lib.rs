@@ -51,7 +51,8 @@ pub enum Side {
 /// The canonical trade every stage after `normalize` works with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trade {
-    /// `<venue>:<venue's id>`, unique across venues.
+    /// `<venue>:<symbol>:<venue's id>`: venues number trades per instrument, so the symbol
+    /// is part of the identity.
     pub trade_id: String,
     pub venue: Venue,
     /// `BASE-QUOTE`, e.g. `BTC-USD` (beta's `BTC/USD` is rewritten).
@@ -250,6 +251,13 @@ fn event_time(ms: i64) -> Result<i64, Rejection> {
 fn decode_alpha(obj: &Object, ingest_time_ms: i64) -> Result<Trade, Rejection> {
     let id = string(obj, "id", Field::TradeId)?;
     let sym = symbol(string(obj, "sym", Field::Symbol)?)?;
+    if id.is_empty() || id.len() > 64 {
+        return Err(Rejection::new(
+            Issue::Invalid,
+            Field::TradeId,
+            "id must be 1-64 characters",
+        ));
+    }
     let price = positive(number(obj, "px", Field::Price)?, Field::Price)?;
     let size = positive(number(obj, "qty", Field::Size)?, Field::Size)?;
     let side = match string(obj, "side", Field::Side)? {
@@ -273,9 +281,9 @@ fn decode_alpha(obj: &Object, ingest_time_ms: i64) -> Result<Trade, Rejection> {
     })?;
     let ms = (parsed.unix_timestamp_nanos() / 1_000_000) as i64;
     Ok(Trade {
-        trade_id: format!("alpha:{id}"),
+        trade_id: format!("alpha:{sym}:{id}"),
         venue: Venue::Alpha,
-        symbol: sym,
+        symbol: sym.clone(),
         price,
         size,
         side,
@@ -308,9 +316,9 @@ fn decode_beta(obj: &Object, ingest_time_ms: i64) -> Result<Trade, Rejection> {
     };
     let us = integer(obj, "time_us", Field::EventTime)?;
     Ok(Trade {
-        trade_id: format!("beta:{id}"),
+        trade_id: format!("beta:{sym}:{id}"),
         venue: Venue::Beta,
-        symbol: sym,
+        symbol: sym.clone(),
         price,
         size,
         side,
@@ -351,7 +359,7 @@ pub fn encode_raw(venue: Venue, trade: &tidewatch_market_sim::Trade) -> serde_js
                 .unwrap_or_default();
             serde_json::json!({
                 "venue": "alpha",
-                "id": format!("{}-{}", trade.symbol, trade.seq),
+                "id": trade.seq.to_string(),
                 "sym": trade.symbol,
                 "px": trade.price,
                 "qty": trade.size,
