@@ -77,3 +77,25 @@ pub fn read_topic(
     }
     Ok(out)
 }
+
+/// [`read_topic`] on a blocking thread, for async tests and tools.
+pub async fn read_topic_async(
+    brokers: String,
+    topic: String,
+    want: usize,
+    timeout: Duration,
+    keep: impl Fn(&ReadMessage) -> bool + Send + 'static,
+) -> anyhow::Result<Vec<ReadMessage>> {
+    // Two seconds past the expected count catches duplicates that arrive late.
+    tokio::task::spawn_blocking(move || {
+        read_topic(
+            &brokers,
+            &topic,
+            want,
+            timeout,
+            Duration::from_secs(2),
+            keep,
+        )
+    })
+    .await?
+}

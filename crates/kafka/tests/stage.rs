@@ -5,7 +5,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tidewatch_kafka::dlq::{self, DLQ_TOPIC};
-use tidewatch_kafka::inspect::{read_topic, ReadMessage};
+use tidewatch_kafka::inspect::{read_topic_async, ReadMessage};
 use tidewatch_kafka::stage::{self, Input, Outcome, Processor, StageConfig};
 use tidewatch_kafka::{ensure_topics, Producer, Record};
 use tidewatch_telemetry::{ComponentHealth, Criticality, Health, Shutdown};
@@ -109,37 +109,24 @@ async fn every_message_is_transformed_or_dead_lettered_once_and_offsets_are_comm
         })
     };
 
-    let outputs = tokio::task::spawn_blocking({
-        let output = output.clone();
-        move || {
-            read_topic(
-                &brokers(),
-                &output,
-                180,
-                Duration::from_secs(60),
-                Duration::from_secs(2),
-                |_| true,
-            )
-        }
-    })
+    let outputs = read_topic_async(
+        brokers(),
+        output.clone(),
+        180,
+        Duration::from_secs(60),
+        |_| true,
+    )
     .await
-    .expect("joined")
     .expect("read outputs");
-    let dead = tokio::task::spawn_blocking({
-        let input = input.clone();
-        move || {
-            read_topic(
-                &brokers(),
-                DLQ_TOPIC,
-                20,
-                Duration::from_secs(60),
-                Duration::from_secs(2),
-                move |m| m.headers.get(dlq::HEADER_SOURCE_TOPIC) == Some(&input),
-            )
-        }
-    })
+    let source = input.clone();
+    let dead = read_topic_async(
+        brokers(),
+        DLQ_TOPIC.to_owned(),
+        20,
+        Duration::from_secs(60),
+        move |m| m.headers.get(dlq::HEADER_SOURCE_TOPIC) == Some(&source),
+    )
     .await
-    .expect("joined")
     .expect("read dead letters");
     shutdown.trigger();
     let stopped = runner.await.expect("joined");

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser as _;
 use normalize::{Normalize, Settings, SERVICE};
 use tidewatch_kafka::dlq::{self, DLQ_TOPIC};
-use tidewatch_kafka::inspect::read_topic;
+use tidewatch_kafka::inspect::read_topic_async;
 use tidewatch_kafka::service::StageService;
 use tidewatch_kafka::{Producer, Record};
 use tidewatch_market_sim::{Market, MarketConfig};
@@ -89,38 +89,25 @@ async fn both_venues_become_canonical_trades_and_bad_records_are_dead_lettered()
         d.await.expect("delivered");
     }
 
-    let normalized = tokio::task::spawn_blocking({
-        let output = output.clone();
-        move || {
-            read_topic(
-                &brokers(),
-                &output,
-                100,
-                Duration::from_secs(60),
-                Duration::from_secs(2),
-                |_| true,
-            )
-        }
-    })
+    let normalized = read_topic_async(
+        brokers(),
+        output.clone(),
+        100,
+        Duration::from_secs(60),
+        |_| true,
+    )
     .await
-    .expect("joined")
-    .expect("read");
-    let dead = tokio::task::spawn_blocking({
-        let input = input.clone();
-        move || {
-            read_topic(
-                &brokers(),
-                DLQ_TOPIC,
-                4,
-                Duration::from_secs(60),
-                Duration::from_secs(2),
-                move |m| m.headers.get(dlq::HEADER_SOURCE_TOPIC) == Some(&input),
-            )
-        }
-    })
+    .expect("read outputs");
+    let source = input.clone();
+    let dead = read_topic_async(
+        brokers(),
+        DLQ_TOPIC.to_owned(),
+        4,
+        Duration::from_secs(60),
+        move |m| m.headers.get(dlq::HEADER_SOURCE_TOPIC) == Some(&source),
+    )
     .await
-    .expect("joined")
-    .expect("read");
+    .expect("read dead letters");
     let metrics = reqwest::get(format!("http://{ops}/metrics"))
         .await
         .expect("scrape")
