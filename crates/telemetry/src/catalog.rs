@@ -624,9 +624,6 @@ pub const ALL: &[&MetricDef] = &[
     &DATA_QUALITY_SCORE,
 ];
 
-/// The groups every Tidewatch service exposes, whatever else it does.
-pub const COMMON_GROUPS: &[Group] = &[Group::Http, Group::Process, Group::Runtime, Group::Health];
-
 /// Looks a metric up by the name it has in the Prometheus exposition (histogram series
 /// suffixes `_bucket`, `_sum` and `_count` resolve to their histogram).
 pub fn lookup(series_name: &str) -> Option<&'static MetricDef> {

@@ -1,19 +1,16 @@
 //! One graceful-shutdown signal for the whole process.
 //!
 //! On SIGTERM or ctrl-c the [`Shutdown`] token is cancelled: servers stop accepting
-//! connections and finish the requests in flight, workers stop taking new work, and tasks
-//! spawned with [`Shutdown::spawn`] are awaited (bounded by a grace period) before exit.
+//! connections and finish the requests in flight (bounded by their grace period), and stage
+//! loops stop taking new messages, finish those in flight and commit their offsets.
 
 use std::future::Future;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 #[derive(Clone, Debug, Default)]
 pub struct Shutdown {
     token: CancellationToken,
-    tasks: TaskTracker,
 }
 
 impl Shutdown {
@@ -26,10 +23,6 @@ impl Shutdown {
         self.token.cancel();
     }
 
-    pub fn is_triggered(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
     /// Resolves once shutdown has started.
     pub fn cancelled(&self) -> impl Future<Output = ()> + Send + 'static {
         self.token.clone().cancelled_owned()
@@ -37,15 +30,6 @@ impl Shutdown {
 
     pub fn token(&self) -> CancellationToken {
         self.token.clone()
-    }
-
-    /// Spawns a task whose completion [`Shutdown::drained`] waits for.
-    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.tasks.spawn(future)
     }
 
     /// Triggers shutdown on SIGTERM or ctrl-c. Call once from `main`.
@@ -56,12 +40,6 @@ impl Shutdown {
             tracing::info!(signal, "shutdown signal received, draining");
             this.trigger();
         });
-    }
-
-    /// Waits for every tracked task to finish, at most `grace`; returns whether all did.
-    pub async fn drained(&self, grace: Duration) -> bool {
-        self.tasks.close();
-        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
     }
 }
 
