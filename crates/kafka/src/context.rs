@@ -1,23 +1,72 @@
 //! The client context of every Tidewatch consumer: librdkafka statistics become lag gauges
-//! (the statistics themselves are never logged), and rebalances are logged and counted.
+//! and the broker's health (the statistics themselves are never logged); rebalances are
+//! logged, counted and handed to the stage loop with the committed positions.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use metrics::{Counter, Gauge};
-use rdkafka::consumer::{ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, TopicPartitionList};
-use tidewatch_telemetry::catalog;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tidewatch_telemetry::{catalog, ComponentHealth, HealthHandle};
+
+use crate::stage::Position;
 
 /// librdkafka reports lag -1 or offsets -1001 (unset) before anything is committed.
 const UNSET: i64 = -1;
 
-#[derive(Default)]
+/// A change of assignment, for the stage loop to hand to its processor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AssignmentChange {
+    /// A partition now consumed by this member, with its committed position if any.
+    Assigned {
+        partition: i32,
+        committed: Option<Position>,
+    },
+    Revoked {
+        partition: i32,
+    },
+}
+
 pub struct StageContext {
     lag: Mutex<HashMap<(String, i32), Gauge>>,
     commits: CommitCounters,
+    health: HealthHandle,
+    /// Whether this member holds an assignment (possibly empty: more members than
+    /// partitions is a valid, ready state).
+    assigned: AtomicBool,
+    changes: Mutex<Vec<AssignmentChange>>,
+}
+
+impl StageContext {
+    pub fn new(health: HealthHandle) -> Self {
+        health.set(ComponentHealth::unhealthy(
+            "waiting for a partition assignment",
+        ));
+        Self {
+            lag: Mutex::default(),
+            commits: CommitCounters::default(),
+            health,
+            assigned: AtomicBool::new(false),
+            changes: Mutex::default(),
+        }
+    }
+
+    /// Assignment changes since the last call, oldest first.
+    pub fn take_changes(&self) -> Vec<AssignmentChange> {
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn push_change(&self, change: AssignmentChange) {
+        self.changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(change);
+    }
 }
 
 struct CommitCounters {
@@ -42,6 +91,18 @@ impl std::fmt::Debug for StageContext {
 
 impl ClientContext for StageContext {
     fn stats(&self, statistics: Statistics) {
+        // Bootstrap entries have node id -1; a broker learnt from metadata that is UP means
+        // the cluster is reachable.
+        let up = statistics
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP");
+        self.health
+            .set(match (up, self.assigned.load(Ordering::Acquire)) {
+                (false, _) => ComponentHealth::unhealthy("no connection to any broker"),
+                (true, false) => ComponentHealth::unhealthy("waiting for a partition assignment"),
+                (true, true) => ComponentHealth::healthy("broker reachable, partitions assigned"),
+            });
         let mut gauges = self.lag.lock().unwrap_or_else(|e| e.into_inner());
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
@@ -66,18 +127,46 @@ impl ClientContext for StageContext {
 }
 
 impl ConsumerContext for StageContext {
-    fn pre_rebalance(
-        &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &Rebalance<'_>,
-    ) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let kind = match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = %describe(tpl), "partitions assigned");
+                // The committed positions, with their metadata: a stateful processor
+                // restores its checkpoint from them.
+                let committed = consumer
+                    .committed_offsets((*tpl).clone(), Duration::from_secs(10))
+                    .map_err(|e| tracing::warn!(error = %e, "reading committed offsets failed"))
+                    .ok();
+                for element in tpl.elements() {
+                    let position = committed.as_ref().and_then(|c| {
+                        let e = c.find_partition(element.topic(), element.partition())?;
+                        match e.offset() {
+                            Offset::Offset(offset) => Some(Position {
+                                offset,
+                                metadata: Some(e.metadata().to_owned()).filter(|m| !m.is_empty()),
+                            }),
+                            _ => None,
+                        }
+                    });
+                    self.push_change(AssignmentChange::Assigned {
+                        partition: element.partition(),
+                        committed: position,
+                    });
+                }
+                self.assigned.store(true, Ordering::Release);
+                self.health.set(ComponentHealth::healthy(
+                    "broker reachable, partitions assigned",
+                ));
                 "assign"
             }
             Rebalance::Revoke(tpl) => {
                 tracing::info!(partitions = %describe(tpl), "partitions revoked");
+                for element in tpl.elements() {
+                    self.push_change(AssignmentChange::Revoked {
+                        partition: element.partition(),
+                    });
+                }
+                self.assigned.store(false, Ordering::Release);
                 "revoke"
             }
             Rebalance::Error(e) => {

@@ -1,5 +1,5 @@
 //! The one dead-letter topic: a message that cannot be decoded or fails validation goes
-//! there unchanged, with headers saying where it came from and why.
+//! there unchanged, headers included, with headers added saying where it came from and why.
 
 use crate::producer::Record;
 
@@ -30,15 +30,21 @@ pub fn dead_letter(
         }
         reason.truncate(cut);
     }
-    Record::new(
+    let mut record = Record::new(
         DLQ_TOPIC,
         input.key.map(<[u8]>::to_vec),
         input.payload.to_vec(),
-    )
-    .header(HEADER_SOURCE_TOPIC, input.topic)
-    .header(HEADER_SOURCE_PARTITION, input.partition.to_string())
-    .header(HEADER_SOURCE_OFFSET, input.offset.to_string())
-    .header(HEADER_STAGE, stage)
-    .header(HEADER_ERROR_CODE, error_code)
-    .header(HEADER_ERROR_REASON, reason)
+    );
+    record.headers = input
+        .headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
+        .collect();
+    record
+        .header(HEADER_SOURCE_TOPIC, input.topic)
+        .header(HEADER_SOURCE_PARTITION, input.partition.to_string())
+        .header(HEADER_SOURCE_OFFSET, input.offset.to_string())
+        .header(HEADER_STAGE, stage)
+        .header(HEADER_ERROR_CODE, error_code)
+        .header(HEADER_ERROR_REASON, reason)
 }

@@ -5,6 +5,10 @@
 //! included) was acknowledged by the broker, and offsets are stored in consumption order,
 //! so a crash at any point replays messages instead of losing them. Up to `max_in_flight`
 //! messages are processed ahead of their acknowledgements, which keeps throughput up.
+//!
+//! A processor that keeps state across messages (aggregate's open windows) says where to
+//! resume instead ([`Processor::resume_position`]), with metadata committed beside the
+//! offset, and gets that back when a partition is assigned ([`Processor::assigned`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,15 +19,16 @@ use anyhow::Context as _;
 use futures::stream::{FuturesOrdered, StreamExt as _};
 use metrics::{Counter, Gauge, Histogram};
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
-use rdkafka::{ClientConfig, Message as _};
-use tidewatch_telemetry::{catalog, ComponentHealth, HealthHandle, Shutdown};
+use rdkafka::message::Headers as _;
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use tidewatch_telemetry::{catalog, HealthHandle, Shutdown};
 
-use crate::context::StageContext;
+use crate::context::{AssignmentChange, StageContext};
 use crate::dlq::dead_letter;
 use crate::producer::{ProduceError, Producer, Record};
 
 /// One consumed message, as a processor sees it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct Input<'a> {
     pub topic: &'a str,
     pub partition: i32,
@@ -32,6 +37,34 @@ pub struct Input<'a> {
     pub payload: &'a [u8],
     /// The message's Kafka timestamp (when it was produced), in Unix milliseconds.
     pub timestamp_ms: Option<i64>,
+    pub headers: Vec<(&'a str, &'a [u8])>,
+}
+
+impl Input<'_> {
+    /// The value of the first header called `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| *v)
+    }
+
+    /// The headers whose names start with `prefix`, owned, to forward on an output.
+    pub fn headers_with_prefix(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
+            .collect()
+    }
+}
+
+/// Where a partition resumes: the next offset to read, and what the processor needs to
+/// rebuild its state from there (committed with the offset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub offset: i64,
+    pub metadata: Option<String>,
 }
 
 /// What a processor decided for one input message.
@@ -46,9 +79,26 @@ pub enum Outcome {
     },
 }
 
-/// A stage's logic: pure with respect to Kafka (no I/O of its own on the hot path).
+/// A stage's logic: it decides what each input becomes; the loop does the Kafka I/O.
 pub trait Processor: Send {
-    fn process(&mut self, input: &Input<'_>) -> Outcome;
+    /// Handles one message. May wait (enrich looks up reference data it has not cached),
+    /// which holds back the partition's later messages, never reorders them.
+    fn process(&mut self, input: &Input<'_>) -> impl Future<Output = Outcome> + Send;
+
+    /// Where `partition` resumes if the stage stops right after the message at `offset`
+    /// and its outputs were acknowledged. Stateless stages resume at the next message.
+    fn resume_position(&self, _partition: i32, offset: i64) -> Position {
+        Position {
+            offset: offset + 1,
+            metadata: None,
+        }
+    }
+
+    /// `partition` was assigned; `committed` is where the group left it, if anywhere.
+    fn assigned(&mut self, _partition: i32, _committed: Option<&Position>) {}
+
+    /// `partition` was taken away; state kept for it is stale from now on.
+    fn revoked(&mut self, _partition: i32) {}
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +119,7 @@ struct Done {
     topic: String,
     partition: i32,
     offset: i64,
+    resume: Position,
     timestamp_ms: Option<i64>,
     result: Result<Vec<(String, usize)>, ProduceError>,
 }
@@ -152,7 +203,7 @@ pub async fn run<P: Processor>(
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", "5000")
-        .create_with_context(StageContext::default())
+        .create_with_context(StageContext::new(health.clone()))
         .context("creating the Kafka consumer")?;
     consumer
         .subscribe(&[&config.input_topic])
@@ -173,16 +224,30 @@ pub async fn run<P: Processor>(
                 }
             }
             received = consumer.recv(), if pending.len() < config.max_in_flight => {
+                for change in consumer.context().take_changes() {
+                    match change {
+                        AssignmentChange::Assigned { partition, committed } => {
+                            processor.assigned(partition, committed.as_ref());
+                        }
+                        AssignmentChange::Revoked { partition } => processor.revoked(partition),
+                    }
+                }
                 let message = match received {
                     Ok(m) => m,
                     Err(e) => {
                         metrics.error("consume_failed");
-                        health.set(ComponentHealth::degraded(format!("consume failed: {e}")));
                         tracing::warn!(error = %e, "consume failed");
                         continue;
                     }
                 };
-                health.set(ComponentHealth::healthy("consuming"));
+                let headers = message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key, h.value.unwrap_or_default()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 let input = Input {
                     topic: message.topic(),
                     partition: message.partition(),
@@ -190,11 +255,12 @@ pub async fn run<P: Processor>(
                     key: message.key(),
                     payload: message.payload().unwrap_or_default(),
                     timestamp_ms: message.timestamp().to_millis(),
+                    headers,
                 };
                 metrics.received.increment(1);
                 metrics.received_bytes.increment(input.payload.len() as u64);
                 let start = Instant::now();
-                let records = match processor.process(&input) {
+                let records = match processor.process(&input).await {
                     Outcome::Emit(records) => records,
                     Outcome::DeadLetter { error_code, reason } => {
                         metrics.error(error_code);
@@ -203,6 +269,7 @@ pub async fn run<P: Processor>(
                     }
                 };
                 metrics.processing.record(start.elapsed().as_secs_f64());
+                let resume = processor.resume_position(input.partition, input.offset);
                 let deliveries: Vec<_> = records.iter().map(|r| producer.send(r)).collect();
                 let topics: Vec<String> = records.into_iter().map(|r| r.topic).collect();
                 let (topic, partition, offset, timestamp_ms) =
@@ -211,7 +278,7 @@ pub async fn run<P: Processor>(
                     let result = futures::future::try_join_all(deliveries)
                         .await
                         .map(|sizes| topics.into_iter().zip(sizes).collect());
-                    Done { topic, partition, offset, timestamp_ms, result }
+                    Done { topic, partition, offset, resume, timestamp_ms, result }
                 }));
             }
         }
@@ -248,7 +315,7 @@ fn finish(
             }
             // After a rebalance the partition may belong to another member now; it will
             // process the message again, which at-least-once allows.
-            if let Err(e) = consumer.store_offset(&done.topic, done.partition, done.offset) {
+            if let Err(e) = store(consumer, &done.topic, done.partition, &done.resume) {
                 tracing::debug!(error = %e, partition = done.partition, "offset not stored");
             }
             metrics.batch.record((in_flight + 1) as f64);
@@ -265,4 +332,21 @@ fn finish(
             )))
         }
     }
+}
+
+/// Stores a partition's resume position (offset and metadata) for the next commit.
+fn store(
+    consumer: &StreamConsumer<StageContext>,
+    topic: &str,
+    partition: i32,
+    position: &Position,
+) -> anyhow::Result<()> {
+    let mut tpl = TopicPartitionList::with_capacity(1);
+    let mut element = tpl.add_partition(topic, partition);
+    element.set_offset(Offset::Offset(position.offset))?;
+    if let Some(metadata) = &position.metadata {
+        element.set_metadata(metadata.as_str());
+    }
+    consumer.store_offsets(&tpl)?;
+    Ok(())
 }

@@ -29,7 +29,7 @@ struct Doubler {
 }
 
 impl Processor for Doubler {
-    fn process(&mut self, input: &Input<'_>) -> Outcome {
+    async fn process(&mut self, input: &Input<'_>) -> Outcome {
         match std::str::from_utf8(input.payload)
             .ok()
             .and_then(|s| s.parse::<i64>().ok())

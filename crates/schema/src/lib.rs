@@ -17,6 +17,19 @@ use time::OffsetDateTime;
 
 pub const TOPIC_TRADES_RAW: &str = "trades.raw";
 pub const TOPIC_TRADES_NORMALIZED: &str = "trades.normalized";
+pub const TOPIC_TRADES_ENRICHED: &str = "trades.enriched";
+pub const TOPIC_BARS: &str = "bars.1m";
+pub const TOPIC_FEATURES: &str = "features.1m";
+
+/// Headers the generator puts on each raw record to say what it injected; every stage
+/// forwards them, so checks downstream (enrich's anomaly confusion matrix, the pipeline
+/// test's accounting) can compare what happened with what was planted.
+pub const SIM_HEADER_PREFIX: &str = "tidewatch.sim.";
+/// What the record is: `valid`, `anomaly`, `malformed`, `missing_field`, `out_of_range`,
+/// `unknown_symbol` or `late`.
+pub const HEADER_SIM_KIND: &str = "tidewatch.sim.kind";
+/// The planted anomaly, when there is one: `price_jump` or `outsized_trade`.
+pub const HEADER_SIM_ANOMALY: &str = "tidewatch.sim.anomaly";
 
 /// Fixed-point scale of venue beta's prices and sizes.
 const BETA_SCALE: f64 = 1e8;

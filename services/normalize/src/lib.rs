@@ -11,7 +11,9 @@ use metrics::{Counter, Gauge};
 use tidewatch_kafka::service::StageArgs;
 use tidewatch_kafka::stage::{Input, Outcome, Processor};
 use tidewatch_kafka::Record;
-use tidewatch_schema::{decode_raw, Field, Issue, TOPIC_TRADES_NORMALIZED, TOPIC_TRADES_RAW};
+use tidewatch_schema::{
+    decode_raw, Field, Issue, SIM_HEADER_PREFIX, TOPIC_TRADES_NORMALIZED, TOPIC_TRADES_RAW,
+};
 use tidewatch_telemetry::{catalog, TelemetryArgs};
 
 pub const SERVICE: &str = "normalize";
@@ -103,17 +105,16 @@ impl Normalize {
 }
 
 impl Processor for Normalize {
-    fn process(&mut self, input: &Input<'_>) -> Outcome {
+    async fn process(&mut self, input: &Input<'_>) -> Outcome {
         let ingest = input.timestamp_ms.unwrap_or(0);
         match decode_raw(input.payload, ingest) {
             Ok(trade) => {
                 self.observe(true);
                 let payload = serde_json::to_vec(&trade).unwrap_or_default();
-                Outcome::Emit(vec![Record::new(
-                    &self.output_topic,
-                    Some(trade.symbol.into_bytes()),
-                    payload,
-                )])
+                let mut record =
+                    Record::new(&self.output_topic, Some(trade.symbol.into_bytes()), payload);
+                record.headers = input.headers_with_prefix(SIM_HEADER_PREFIX);
+                Outcome::Emit(vec![record])
             }
             Err(rejection) => {
                 self.observe(false);

@@ -27,29 +27,6 @@ pub const VALIDATION_FIELDS: &[&str] = &[
     "other",
 ];
 
-/// Why an admin request was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthFailure {
-    Missing,
-    Invalid,
-    NotConfigured,
-}
-
-impl AuthFailure {
-    const ALL: [AuthFailure; 3] = [
-        AuthFailure::Missing,
-        AuthFailure::Invalid,
-        AuthFailure::NotConfigured,
-    ];
-    fn as_str(self) -> &'static str {
-        match self {
-            AuthFailure::Missing => "missing",
-            AuthFailure::Invalid => "invalid",
-            AuthFailure::NotConfigured => "not_configured",
-        }
-    }
-}
-
 struct VariantHandles {
     spike: Counter,
     no_spike: Counter,
@@ -63,7 +40,6 @@ struct VariantHandles {
 pub struct ApiMetrics {
     variants: [VariantHandles; 2],
     validation: HashMap<&'static str, Counter>,
-    auth_failures: [Counter; 3],
     variant_switches: Counter,
 }
 
@@ -131,11 +107,9 @@ impl ApiMetrics {
                     )
                 })
                 .collect(),
-            auth_failures: AuthFailure::ALL
-                .map(|r| catalog::ADMIN_AUTH_FAILURES.counter(&[("reason", r.as_str())])),
             variant_switches: catalog::ADMIN_ACTIONS.counter(&[("action", "set_variant")]),
         };
-        for c in metrics.validation.values().chain(&metrics.auth_failures) {
+        for c in metrics.validation.values() {
             c.absolute(0);
         }
         metrics.variant_switches.absolute(0);
@@ -157,7 +131,6 @@ impl ApiMetrics {
         Self {
             variants: [variant(), variant()],
             validation: HashMap::new(),
-            auth_failures: [Counter::noop(), Counter::noop(), Counter::noop()],
             variant_switches: Counter::noop(),
         }
     }
@@ -188,10 +161,6 @@ impl ApiMetrics {
         {
             c.increment(1);
         }
-    }
-
-    pub fn auth_failure(&self, reason: AuthFailure) {
-        self.auth_failures[reason as usize].increment(1);
     }
 
     pub fn variant_active(&self, active: Variant) {

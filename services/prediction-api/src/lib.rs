@@ -9,9 +9,7 @@
 //! [`Application::build`] loads the model and binds the listener (port 0 works and the real
 //! address is reported); [`Application::run`] serves until the shutdown signal.
 
-pub mod error;
 pub mod events;
-pub mod extract;
 pub mod routes;
 pub mod settings;
 pub mod state;
@@ -30,10 +28,10 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::OpenApi as _;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::error::ApiError;
 use crate::events::ApiMetrics;
 use crate::settings::Settings;
 use crate::state::AppState;
+use tidewatch_web::ApiError;
 
 pub const SERVICE: &str = "prediction-api";
 

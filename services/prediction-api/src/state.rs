@@ -3,12 +3,12 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use secrecy::{ExposeSecret as _, SecretString};
-use subtle::ConstantTimeEq as _;
+use secrecy::SecretString;
 use tidewatch_model::{Model, Variant};
 use tidewatch_telemetry::{BuildInfo, Metrics};
+use tidewatch_web::{AdminAuth, BodyLimit};
 
-use crate::events::{ApiMetrics, AuthFailure};
+use crate::events::ApiMetrics;
 use crate::settings::PublicSettings;
 
 #[derive(Clone, Debug)]
@@ -20,7 +20,7 @@ pub struct AppState {
 struct Inner {
     model: Model,
     variant: AtomicU8,
-    admin_token: Option<SecretString>,
+    admin: AdminAuth,
     max_body_bytes: usize,
     metrics: ApiMetrics,
     build: BuildInfo,
@@ -43,13 +43,6 @@ fn decode(v: u8) -> Variant {
     }
 }
 
-/// What the admin check concluded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    Granted,
-    Refused(AuthFailure),
-}
-
 impl AppState {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -67,7 +60,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 model,
                 variant: AtomicU8::new(encode(variant)),
-                admin_token,
+                admin: AdminAuth::new(admin_token),
                 max_body_bytes,
                 metrics,
                 build,
@@ -93,8 +86,8 @@ impl AppState {
         previous
     }
 
-    pub fn max_body_bytes(&self) -> usize {
-        self.inner.max_body_bytes
+    pub fn admin(&self) -> &AdminAuth {
+        &self.inner.admin
     }
 
     pub fn metrics(&self) -> &ApiMetrics {
@@ -115,24 +108,10 @@ impl AppState {
     pub fn settings(&self) -> &PublicSettings {
         &self.inner.settings
     }
+}
 
-    /// Checks a presented bearer token in constant time. With no token configured every
-    /// request is refused: admin endpoints are never open by default.
-    pub fn admit(&self, presented: Option<&str>) -> Admission {
-        let verdict = match (&self.inner.admin_token, presented) {
-            (None, _) => Admission::Refused(AuthFailure::NotConfigured),
-            (Some(_), None) => Admission::Refused(AuthFailure::Missing),
-            (Some(expected), Some(given)) => {
-                if bool::from(expected.expose_secret().as_bytes().ct_eq(given.as_bytes())) {
-                    Admission::Granted
-                } else {
-                    Admission::Refused(AuthFailure::Invalid)
-                }
-            }
-        };
-        if let Admission::Refused(reason) = verdict {
-            self.inner.metrics.auth_failure(reason);
-        }
-        verdict
+impl BodyLimit for AppState {
+    fn max_body_bytes(&self) -> usize {
+        self.inner.max_body_bytes
     }
 }

@@ -1,16 +1,15 @@
 //! `GET /v1/model` and the admin variant switch `PUT /v1/admin/model/variant`.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use tidewatch_model::artifact::{BaselineRule, HeldOut, TrainingMetadata};
 use tidewatch_model::Variant;
 
-use crate::error::{ApiError, ErrorBody};
-use crate::events::AuthFailure;
-use crate::extract::JsonBody;
-use crate::state::{Admission, AppState};
+use tidewatch_web::{ApiError, ErrorBody, JsonBody};
+
+use crate::state::AppState;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ModelInfo {
@@ -61,36 +60,6 @@ pub struct VariantChanged {
     pub previous: Variant,
 }
 
-/// Refuses the request unless it carries the admin bearer token.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match state.admit(presented) {
-        Admission::Granted => Ok(()),
-        Admission::Refused(AuthFailure::NotConfigured) => Err(ApiError::client(
-            StatusCode::FORBIDDEN,
-            "admin_disabled",
-            None,
-            "admin endpoints are disabled: no ADMIN_TOKEN is configured",
-        )),
-        Admission::Refused(AuthFailure::Missing) => Err(ApiError::client(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            Some("authorization"),
-            "an Authorization: Bearer <token> header is required",
-        )),
-        Admission::Refused(AuthFailure::Invalid) => Err(ApiError::client(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            Some("authorization"),
-            "invalid admin token",
-        )),
-    }
-}
-
 /// Switches the serving variant at run time (rollback without restart). Needs the token.
 #[utoipa::path(
     put,
@@ -110,7 +79,7 @@ pub async fn set_variant(
     headers: HeaderMap,
     body: Result<JsonBody<SetVariant>, ApiError>,
 ) -> Result<Json<VariantChanged>, ApiError> {
-    authorize(&state, &headers)?;
+    state.admin().authorize(&headers)?;
     let JsonBody(req) = body?;
     let requested = req
         .variant

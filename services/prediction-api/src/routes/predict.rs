@@ -7,9 +7,9 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use tidewatch_model::{Features, Variant};
 
-use crate::error::{ApiError, ErrorBody, ErrorDetail};
-use crate::extract::{from_value, JsonBody};
 use crate::state::AppState;
+use tidewatch_web::extract::from_value;
+use tidewatch_web::{ApiError, ErrorBody, ErrorDetail, JsonBody};
 
 /// Most items one batch may carry.
 pub const MAX_BATCH_ITEMS: usize = 1_000;

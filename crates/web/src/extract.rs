@@ -12,15 +12,19 @@ use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
 use crate::error::ApiError;
-use crate::state::AppState;
+
+/// Router state that knows how large a request body may be.
+pub trait BodyLimit {
+    fn max_body_bytes(&self) -> usize;
+}
 
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+impl<T: DeserializeOwned, S: BodyLimit + Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = read_json_body(req, state.max_body_bytes()).await?;
         parse(&bytes).map(JsonBody)
     }

@@ -1,0 +1,15 @@
+//! What every Tidewatch HTTP API shares, so their clients see one behaviour:
+//!
+//! - [`error`]: [`ApiError`], answered as `{"error": {"code", "message", "field"}}` with a
+//!   4xx naming the field for client mistakes and a bare 500 (details only in the log) for ours.
+//! - [`extract`]: [`JsonBody`], a JSON extractor that checks content type and size and
+//!   names the failing field path; [`extract::parse`] and [`extract::from_value`] for parts.
+//! - [`admin`]: the admin bearer token, compared in constant time, refusals counted.
+
+pub mod admin;
+pub mod error;
+pub mod extract;
+
+pub use admin::{AdminAuth, AuthFailure};
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use extract::{BodyLimit, JsonBody};
