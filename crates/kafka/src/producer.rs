@@ -111,6 +111,16 @@ impl Producer {
         }
     }
 
+    /// Asks the cluster for its metadata: the readiness probe. Blocking.
+    pub fn probe(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        use rdkafka::producer::Producer as _;
+        self.inner
+            .client()
+            .fetch_metadata(None, timeout)
+            .map(drop)
+            .context("fetching cluster metadata")
+    }
+
     /// Waits for everything queued to be delivered, for shutdown.
     pub fn flush(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
         use rdkafka::producer::Producer as _;

@@ -49,6 +49,14 @@ pub enum Group {
     Kafka,
     /// Input data quality, measured where raw records are validated.
     Quality,
+    /// The market generator.
+    Generator,
+    /// Instrument reference data and its cache (enrich).
+    Reference,
+    /// Anomaly detection and its score against planted labels (enrich).
+    Anomaly,
+    /// Event-time windows: bars, features, watermark, late trades (aggregate).
+    Windowing,
 }
 
 impl Group {
@@ -62,6 +70,10 @@ impl Group {
             Group::Admin => "admin",
             Group::Kafka => "kafka",
             Group::Quality => "quality",
+            Group::Generator => "generator",
+            Group::Reference => "reference",
+            Group::Anomaly => "anomaly",
+            Group::Windowing => "windowing",
         }
     }
 }
@@ -577,6 +589,212 @@ pub const DATA_QUALITY_SCORE: MetricDef = MetricDef {
     group: Group::Quality,
 };
 
+// --- Generator ---
+
+pub const GENERATOR_RECORDS: MetricDef = MetricDef {
+    name: "tidewatch_generator_records_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["kind"],
+    help: "Records published to trades.raw and acknowledged, by kind (valid, anomaly, malformed, missing_field, out_of_range, unknown_symbol, late).",
+    buckets: &[],
+    group: Group::Generator,
+};
+pub const GENERATOR_TARGET_RATE: MetricDef = MetricDef {
+    name: "tidewatch_generator_target_rate",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &[],
+    help: "Configured records per second (0: as fast as the broker takes them).",
+    buckets: &[],
+    group: Group::Generator,
+};
+pub const GENERATOR_RATE: MetricDef = MetricDef {
+    name: "tidewatch_generator_rate",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &[],
+    help: "Records published per second, measured over the last second.",
+    buckets: &[],
+    group: Group::Generator,
+};
+pub const GENERATOR_PAUSED: MetricDef = MetricDef {
+    name: "tidewatch_generator_paused",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &[],
+    help: "1 while publishing is paused by an admin, else 0.",
+    buckets: &[],
+    group: Group::Generator,
+};
+pub const GENERATOR_EVENT_TIME: MetricDef = MetricDef {
+    name: "tidewatch_generator_event_time_seconds",
+    kind: MetricKind::Gauge,
+    unit: Some("seconds"),
+    labels: &[],
+    help: "Event time of the last on-time record published, as a Unix timestamp.",
+    buckets: &[],
+    group: Group::Generator,
+};
+pub const MARKET_REGIME: MetricDef = MetricDef {
+    name: "tidewatch_market_regime",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["symbol", "regime"],
+    help:
+        "1 for each simulated symbol's current volatility regime (calm, normal, turbulent), else 0.",
+    buckets: &[],
+    group: Group::Generator,
+};
+
+// --- Reference data (enrich) ---
+
+const LOOKUP_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+pub const REFERENCE_CACHE_REQUESTS: MetricDef = MetricDef {
+    name: "tidewatch_reference_cache_requests_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["result"],
+    help: "Instrument cache lookups, by result (hit, miss, stale: served past its time to live because the database could not be asked).",
+    buckets: &[],
+    group: Group::Reference,
+};
+pub const REFERENCE_CACHE_EVICTIONS: MetricDef = MetricDef {
+    name: "tidewatch_reference_cache_evictions_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &[],
+    help: "Instrument cache entries evicted to stay within capacity.",
+    buckets: &[],
+    group: Group::Reference,
+};
+pub const REFERENCE_CACHE_ENTRIES: MetricDef = MetricDef {
+    name: "tidewatch_reference_cache_entries",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &[],
+    help: "Instruments (and known-unknown symbols) held in the cache.",
+    buckets: &[],
+    group: Group::Reference,
+};
+pub const REFERENCE_LOOKUPS: MetricDef = MetricDef {
+    name: "tidewatch_reference_lookups_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["outcome"],
+    help: "Instrument queries to PostgreSQL, by outcome (found, not_found, failed).",
+    buckets: &[],
+    group: Group::Reference,
+};
+pub const REFERENCE_LOOKUP_DURATION: MetricDef = MetricDef {
+    name: "tidewatch_reference_lookup_duration_seconds",
+    kind: MetricKind::Histogram,
+    unit: Some("seconds"),
+    labels: &[],
+    help: "Time to query one instrument from PostgreSQL.",
+    buckets: LOOKUP_BUCKETS,
+    group: Group::Reference,
+};
+
+// --- Anomaly detection (enrich) ---
+
+pub const ANOMALIES: MetricDef = MetricDef {
+    name: "tidewatch_anomalies_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["type", "severity"],
+    help: "Trades flagged as anomalous, by type (price_band, price_jump, outsized_size) and severity (warning, critical).",
+    buckets: &[],
+    group: Group::Anomaly,
+};
+pub const ANOMALY_OUTCOMES: MetricDef = MetricDef {
+    name: "tidewatch_anomaly_detection_outcomes_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["outcome"],
+    help: "Detection against the generator's planted labels: the confusion matrix (true_positive, false_positive, false_negative, true_negative).",
+    buckets: &[],
+    group: Group::Anomaly,
+};
+pub const ANOMALY_SCORE: MetricDef = MetricDef {
+    name: "tidewatch_anomaly_detection_score",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["metric"],
+    help: "Precision, recall and F1 of anomaly detection against planted labels since start (0-1).",
+    buckets: &[],
+    group: Group::Anomaly,
+};
+
+// --- Event-time windows (aggregate) ---
+
+pub const BARS_CLOSED: MetricDef = MetricDef {
+    name: "tidewatch_bars_closed_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &[],
+    help: "OHLC bars closed by the watermark and published.",
+    buckets: &[],
+    group: Group::Windowing,
+};
+pub const FEATURES_EMITTED: MetricDef = MetricDef {
+    name: "tidewatch_features_emitted_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &[],
+    help: "Model feature vectors published (one per closed bar once a symbol has warmed up).",
+    buckets: &[],
+    group: Group::Windowing,
+};
+pub const LATE_TRADES: MetricDef = MetricDef {
+    name: "tidewatch_late_trades_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &[],
+    help: "Trades that arrived after the watermark closed their window (dead-lettered).",
+    buckets: &[],
+    group: Group::Windowing,
+};
+pub const DUPLICATE_TRADES: MetricDef = MetricDef {
+    name: "tidewatch_duplicate_trades_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &[],
+    help: "Trades seen again (an upstream replay) and dropped, so no trade counts twice in a bar.",
+    buckets: &[],
+    group: Group::Windowing,
+};
+pub const OPEN_WINDOWS: MetricDef = MetricDef {
+    name: "tidewatch_open_windows",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &[],
+    help: "Windows accumulating trades, waiting for the watermark.",
+    buckets: &[],
+    group: Group::Windowing,
+};
+pub const WATERMARK: MetricDef = MetricDef {
+    name: "tidewatch_watermark_seconds",
+    kind: MetricKind::Gauge,
+    unit: Some("seconds"),
+    labels: &["partition"],
+    help: "Event-time watermark of each input partition, as a Unix timestamp.",
+    buckets: &[],
+    group: Group::Windowing,
+};
+pub const REPLAYED_MESSAGES: MetricDef = MetricDef {
+    name: "tidewatch_replayed_messages_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &[],
+    help: "Messages read again after an assignment to rebuild window state, without output.",
+    buckets: &[],
+    group: Group::Windowing,
+};
+
 /// Every metric in the workspace, in the order `METRICS.md` lists them.
 pub const ALL: &[&MetricDef] = &[
     &HTTP_SERVER_REQUEST_DURATION,
@@ -622,6 +840,27 @@ pub const ALL: &[&MetricDef] = &[
     &DATA_QUALITY_ISSUES,
     &SCHEMA_VIOLATIONS,
     &DATA_QUALITY_SCORE,
+    &GENERATOR_RECORDS,
+    &GENERATOR_TARGET_RATE,
+    &GENERATOR_RATE,
+    &GENERATOR_PAUSED,
+    &GENERATOR_EVENT_TIME,
+    &MARKET_REGIME,
+    &REFERENCE_CACHE_REQUESTS,
+    &REFERENCE_CACHE_EVICTIONS,
+    &REFERENCE_CACHE_ENTRIES,
+    &REFERENCE_LOOKUPS,
+    &REFERENCE_LOOKUP_DURATION,
+    &ANOMALIES,
+    &ANOMALY_OUTCOMES,
+    &ANOMALY_SCORE,
+    &BARS_CLOSED,
+    &FEATURES_EMITTED,
+    &LATE_TRADES,
+    &DUPLICATE_TRADES,
+    &OPEN_WINDOWS,
+    &WATERMARK,
+    &REPLAYED_MESSAGES,
 ];
 
 /// Looks a metric up by the name it has in the Prometheus exposition (histogram series

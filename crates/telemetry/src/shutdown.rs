@@ -28,6 +28,10 @@ impl Shutdown {
         self.token.clone().cancelled_owned()
     }
 
+    pub fn is_triggered(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
     pub fn token(&self) -> CancellationToken {
         self.token.clone()
     }

@@ -1,0 +1,139 @@
+//! Run-time control of the generator (the admin endpoints' side) and the pacing of records.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tidewatch_market_sim::Regime;
+use tokio::sync::Notify;
+
+/// Settings the admin endpoints change while the generator runs.
+#[derive(Debug)]
+pub struct Control {
+    /// Records per second; 0 means as fast as the broker takes them.
+    rate: AtomicU64,
+    paused: AtomicBool,
+    regime: Mutex<Option<Regime>>,
+    changed: Notify,
+}
+
+impl Control {
+    pub fn new(rate: u64) -> Self {
+        Self {
+            rate: AtomicU64::new(rate),
+            paused: AtomicBool::new(false),
+            regime: Mutex::new(None),
+            changed: Notify::new(),
+        }
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate.load(Ordering::Acquire)
+    }
+
+    /// Sets the rate; returns the previous one.
+    pub fn set_rate(&self, rate: u64) -> u64 {
+        let previous = self.rate.swap(rate, Ordering::AcqRel);
+        self.changed.notify_one();
+        previous
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// Pauses or resumes; returns whether it was paused before.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        let previous = self.paused.swap(paused, Ordering::AcqRel);
+        self.changed.notify_one();
+        previous
+    }
+
+    /// Asks for every symbol to switch to `regime` from the next simulated minute.
+    pub fn request_regime(&self, regime: Regime) {
+        *self.regime.lock().unwrap_or_else(|e| e.into_inner()) = Some(regime);
+        self.changed.notify_one();
+    }
+
+    pub fn take_regime_request(&self) -> Option<Regime> {
+        self.regime.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Resolves at the next change of any setting.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+/// When each record may go out: no faster than the rate, and (with a time scale) no faster
+/// than event time allows, `scale` event seconds per wall second. Sleeps only when more than
+/// a millisecond ahead, so high rates go out in small bursts rather than one sleep per record.
+#[derive(Debug)]
+pub struct Pacer {
+    rate: u64,
+    scale: f64,
+    anchor: Instant,
+    sent: u64,
+    event_anchor: Option<i64>,
+}
+
+impl Pacer {
+    pub fn new(rate: u64, scale: f64) -> Self {
+        Self {
+            rate,
+            scale,
+            anchor: Instant::now(),
+            sent: 0,
+            event_anchor: None,
+        }
+    }
+
+    /// Starts pacing afresh (after a pause or a rate change) so nothing bursts to catch up.
+    pub fn rebase(&mut self, rate: u64) {
+        self.rate = rate;
+        self.anchor = Instant::now();
+        self.sent = 0;
+        self.event_anchor = None;
+    }
+
+    /// How long to wait before sending the next record, whose event time is `event_ms`
+    /// (`None` for records outside the event-time order, such as late trades).
+    pub fn delay(&mut self, event_ms: Option<i64>) -> Option<Duration> {
+        let mut due = self.anchor;
+        if self.rate > 0 {
+            due += Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
+        }
+        if let (true, Some(ev)) = (self.scale > 0.0, event_ms) {
+            let start = *self.event_anchor.get_or_insert(ev);
+            let ahead = (ev - start).max(0) as f64 / 1e3 / self.scale;
+            due = due.max(self.anchor + Duration::from_secs_f64(ahead));
+        }
+        self.sent += 1;
+        let wait = due.saturating_duration_since(Instant::now());
+        (wait > Duration::from_millis(1)).then_some(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_spaces_records_and_event_time_can_hold_them_back() {
+        let mut p = Pacer::new(1_000, 0.0);
+        let waits: Vec<_> = (0..100).map(|_| p.delay(Some(0))).collect();
+        // 100 records at 1,000/s take 0.1 s: the last must wait tens of milliseconds.
+        assert!(waits[99].is_some_and(|w| w > Duration::from_millis(50)));
+        let mut unlimited = Pacer::new(0, 0.0);
+        assert!((0..10_000).all(|_| unlimited.delay(Some(0)).is_none()));
+        // At 60x, an event one minute ahead waits about a second.
+        let mut scaled = Pacer::new(0, 60.0);
+        assert!(scaled.delay(Some(0)).is_none());
+        let w = scaled.delay(Some(60_000)).expect("waits");
+        assert!(w > Duration::from_millis(900) && w <= Duration::from_secs(1));
+        assert!(
+            scaled.delay(None).is_none(),
+            "late records are not held by event time"
+        );
+    }
+}

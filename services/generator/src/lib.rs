@@ -1,0 +1,520 @@
+//! `generator`: publishes the seeded synthetic market to `trades.raw` in two venue formats,
+//! with bad records, late trades, unknown symbols and labelled anomalies planted at set
+//! rates (headers `tidewatch.sim.*` say which is which), paced by a rate and optionally
+//! by accelerated event time. Admin endpoints change the rate and the market's regime and
+//! pause or resume publishing.
+
+pub mod control;
+pub mod routes;
+pub mod stream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use futures::stream::{FuturesUnordered, StreamExt as _};
+use metrics::{Counter, Gauge};
+use secrecy::SecretString;
+use tidewatch_kafka::{ensure_topics, KafkaArgs, Producer, Record};
+use tidewatch_market_sim::{MarketConfig, Regime, SymbolSpec, DEFAULT_SYMBOLS};
+use tidewatch_schema::{HEADER_SIM_ANOMALY, HEADER_SIM_KIND, TOPIC_TRADES_RAW};
+use tidewatch_telemetry::server::{instrument, ops_router, serve};
+use tidewatch_telemetry::{
+    catalog, ComponentHealth, Criticality, Shutdown, Telemetry, TelemetryArgs,
+};
+use tokio::net::TcpListener;
+
+use crate::control::{Control, Pacer};
+use crate::stream::{anomaly_str, Kind, Mix, RecordStream};
+
+pub const SERVICE: &str = "generator";
+/// Deliveries awaited at once; beyond this the generator waits for the broker.
+const MAX_IN_FLIGHT: usize = 20_000;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "generator",
+    version,
+    about = "Publishes a seeded synthetic market's raw trades to Kafka"
+)]
+pub struct Settings {
+    /// Address of the HTTP server (status, admin, /metrics, /health).
+    #[arg(long = "listen", env = "LISTEN_ADDR", default_value = "0.0.0.0:9100")]
+    pub listen: SocketAddr,
+    #[arg(long, env = "OUTPUT_TOPIC", default_value = TOPIC_TRADES_RAW)]
+    pub output_topic: String,
+    /// Seed of the market and of what is planted: the same seed gives the same records.
+    #[arg(long, env = "SEED", default_value_t = 42)]
+    pub seed: u64,
+    /// Symbols to simulate, comma-separated (default: all of the simulator's).
+    #[arg(long, env = "SYMBOLS", value_delimiter = ',')]
+    pub symbols: Vec<String>,
+    /// Records per second; 0 publishes as fast as the broker takes them.
+    #[arg(long, env = "RATE", default_value_t = 300)]
+    pub rate: u64,
+    /// Event seconds per wall second (60: one-minute bars close every second); 0 lets the
+    /// rate alone set the pace.
+    #[arg(long, env = "TIME_SCALE", default_value_t = 0.0, value_parser = non_negative)]
+    pub time_scale: f64,
+    /// Share of records planted as bad: malformed, missing price, negative price or
+    /// unknown symbol, in equal parts.
+    #[arg(long, env = "BAD_FRACTION", default_value_t = 0.01, value_parser = fraction)]
+    pub bad_fraction: f64,
+    /// Share of trades held back and published minutes late.
+    #[arg(long, env = "LATE_FRACTION", default_value_t = 0.002, value_parser = fraction)]
+    pub late_fraction: f64,
+    /// Share of trades turned into labelled anomalies (price jumps, outsized sizes).
+    #[arg(long, env = "ANOMALY_RATE", default_value_t = 0.002, value_parser = fraction)]
+    pub anomaly_rate: f64,
+    /// Event time of the first simulated minute: RFC 3339, or `now`. Default: the
+    /// simulator's fixed epoch, so runs are reproducible.
+    #[arg(long, env = "START_TIME")]
+    pub start_time: Option<String>,
+    /// Stop after publishing this many records (0: run until stopped).
+    #[arg(long, env = "MAX_RECORDS", default_value_t = 0)]
+    pub max_records: u64,
+    /// Bearer token for the admin endpoints; without one they answer 403.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a fraction between 0 and 1"))
+    }
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} must be a finite number >= 0"))
+    }
+}
+
+impl Settings {
+    /// The market configuration these settings describe, or why they describe none.
+    pub fn market(&self) -> anyhow::Result<MarketConfig> {
+        anyhow::ensure!(
+            self.bad_fraction + self.late_fraction <= 1.0,
+            "bad_fraction + late_fraction must not exceed 1"
+        );
+        let mut config = MarketConfig::new(self.seed);
+        config.anomaly_rate = self.anomaly_rate;
+        if !self.symbols.is_empty() {
+            config.symbols = self
+                .symbols
+                .iter()
+                .map(|s| {
+                    DEFAULT_SYMBOLS
+                        .iter()
+                        .find(|spec| spec.symbol == s.trim())
+                        .copied()
+                        .with_context(|| {
+                            format!(
+                                "unknown symbol {s:?}; known: {}",
+                                DEFAULT_SYMBOLS
+                                    .iter()
+                                    .map(|s| s.symbol)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        })
+                })
+                .collect::<anyhow::Result<Vec<SymbolSpec>>>()?;
+        }
+        if let Some(start) = &self.start_time {
+            let ms = if start == "now" {
+                time::OffsetDateTime::now_utc().unix_timestamp() * 1000
+            } else {
+                let t = time::OffsetDateTime::parse(
+                    start,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .with_context(|| format!("start time {start:?} is not RFC 3339 or `now`"))?;
+                (t.unix_timestamp_nanos() / 1_000_000) as i64
+            };
+            // Minutes start on the minute, as bars do.
+            config.start_ms = ms - ms.rem_euclid(60_000);
+        }
+        Ok(config)
+    }
+
+    pub fn mix(&self) -> Mix {
+        Mix {
+            bad_fraction: self.bad_fraction,
+            late_fraction: self.late_fraction,
+        }
+    }
+
+    /// The settings as logged and shown by `/v1/status`: no secrets.
+    pub fn public_view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "listen": self.listen.to_string(),
+            "output_topic": self.output_topic,
+            "seed": self.seed,
+            "symbols": self.symbols,
+            "rate": self.rate,
+            "time_scale": self.time_scale,
+            "bad_fraction": self.bad_fraction,
+            "late_fraction": self.late_fraction,
+            "anomaly_rate": self.anomaly_rate,
+            "start_time": self.start_time,
+            "max_records": self.max_records,
+            "admin_token_set": self.admin_token.is_some(),
+            "kafka": self.kafka,
+            "telemetry": self.telemetry,
+        })
+    }
+}
+
+/// What `/v1/status` reports, kept current by the publishing loop.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Progress {
+    pub published: HashMap<&'static str, u64>,
+    pub failed: u64,
+    pub event_time_ms: Option<i64>,
+    pub regimes: HashMap<&'static str, &'static str>,
+    pub finished: bool,
+}
+
+struct GeneratorMetrics {
+    records: HashMap<Kind, Counter>,
+    target_rate: Gauge,
+    rate: Gauge,
+    paused: Gauge,
+    event_time: Gauge,
+    regimes: Vec<(&'static str, [Gauge; 3])>,
+}
+
+impl GeneratorMetrics {
+    fn new(symbols: &[SymbolSpec]) -> Self {
+        let records = Kind::ALL
+            .into_iter()
+            .map(|k| {
+                let c = catalog::GENERATOR_RECORDS.counter(&[("kind", k.as_str())]);
+                c.absolute(0);
+                (k, c)
+            })
+            .collect();
+        let regimes = symbols
+            .iter()
+            .map(|s| {
+                (
+                    s.symbol,
+                    Regime::ALL.map(|r| {
+                        catalog::MARKET_REGIME
+                            .gauge(&[("symbol", s.symbol), ("regime", r.as_str())])
+                    }),
+                )
+            })
+            .collect();
+        Self {
+            records,
+            target_rate: catalog::GENERATOR_TARGET_RATE.gauge(&[]),
+            rate: catalog::GENERATOR_RATE.gauge(&[]),
+            paused: catalog::GENERATOR_PAUSED.gauge(&[]),
+            event_time: catalog::GENERATOR_EVENT_TIME.gauge(&[]),
+            regimes,
+        }
+    }
+}
+
+/// Shared between the publishing loop and the HTTP handlers.
+#[derive(Debug)]
+pub struct Shared {
+    pub control: Control,
+    pub progress: Mutex<Progress>,
+    pub settings: serde_json::Value,
+}
+
+/// A built generator: topic present, producer connected, listener bound.
+pub struct Generator {
+    listener: TcpListener,
+    telemetry: Telemetry,
+    producer: Producer,
+    shared: Arc<Shared>,
+    admin: tidewatch_web::AdminAuth,
+    stream: RecordStream,
+    symbols: Vec<SymbolSpec>,
+    topic: String,
+    time_scale: f64,
+    max_records: u64,
+    max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Generator {
+    pub async fn build(settings: &Settings, telemetry: Telemetry) -> anyhow::Result<Self> {
+        let market = settings.market()?;
+        ensure_topics(
+            &settings.kafka.brokers,
+            &[&settings.output_topic],
+            settings.kafka.topic_partitions,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "broker {} unreachable or refusing topics",
+                settings.kafka.brokers
+            )
+        })?;
+        let producer = Producer::new(&settings.kafka.brokers, SERVICE)?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        Ok(Self {
+            listener,
+            telemetry,
+            producer,
+            shared: Arc::new(Shared {
+                control: Control::new(settings.rate),
+                progress: Mutex::default(),
+                settings: settings.public_view(),
+            }),
+            admin: tidewatch_web::AdminAuth::new(
+                settings.admin_token.clone().map(SecretString::from),
+            ),
+            stream: RecordStream::new(&market, settings.mix()),
+            symbols: market.symbols.clone(),
+            topic: settings.output_topic.clone(),
+            time_scale: settings.time_scale,
+            max_records: settings.max_records,
+            max_body_bytes: settings.max_body_bytes,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Publishes until `shutdown` (or `max_records`), then waits for every delivery.
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            telemetry,
+            producer,
+            shared,
+            admin,
+            stream,
+            symbols,
+            topic,
+            time_scale,
+            max_records,
+            max_body_bytes,
+        } = self;
+        telemetry.metrics.spawn_upkeep(shutdown.token());
+        let probe = producer.clone();
+        telemetry
+            .health
+            .register("broker", Criticality::Critical, move || {
+                let probe = probe.clone();
+                async move {
+                    match tokio::task::spawn_blocking(move || {
+                        probe.probe(Duration::from_millis(1500))
+                    })
+                    .await
+                    {
+                        Ok(Ok(())) => ComponentHealth::healthy("broker reachable"),
+                        Ok(Err(e)) => {
+                            ComponentHealth::unhealthy(format!("broker unreachable: {e:#}"))
+                        }
+                        Err(e) => ComponentHealth::unhealthy(format!("probe failed: {e}")),
+                    }
+                }
+            });
+        tracing::info!(addr = %listener.local_addr()?, topic, "listening");
+        let app = instrument(
+            routes::router(routes::AppState::new(shared.clone(), admin, max_body_bytes))
+                .merge(ops_router(telemetry.clone())),
+        );
+        let server_stop = Shutdown::new();
+        let server = tokio::spawn({
+            let (telemetry, stop) = (telemetry.clone(), server_stop.clone());
+            async move { serve(listener, app, &telemetry, stop, Duration::from_secs(5)).await }
+        });
+        let outcome = publish(
+            &producer,
+            &shared,
+            stream,
+            &symbols,
+            &topic,
+            time_scale,
+            max_records,
+            &shutdown,
+        )
+        .await;
+        server_stop.trigger();
+        server
+            .await
+            .context("HTTP server task")?
+            .context("HTTP server")?;
+        outcome
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publish(
+    producer: &Producer,
+    shared: &Shared,
+    mut stream: RecordStream,
+    symbols: &[SymbolSpec],
+    topic: &str,
+    time_scale: f64,
+    max_records: u64,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let metrics = GeneratorMetrics::new(symbols);
+    let control = &shared.control;
+    let mut rate = control.rate();
+    metrics.target_rate.set(rate as f64);
+    let mut pacer = Pacer::new(rate, time_scale);
+    let mut deliveries = FuturesUnordered::new();
+    let mut queued: u64 = 0;
+    let (mut second_start, mut second_count) = (Instant::now(), 0u64);
+    let mut acked: HashMap<&'static str, u64> = HashMap::new();
+    let mut failed = 0u64;
+    let mut last_event = None;
+    let update_regimes = |stream: &RecordStream| {
+        let mut regimes = HashMap::new();
+        for (symbol, gauges) in &metrics.regimes {
+            let current = stream.regime(symbol);
+            for (r, g) in Regime::ALL.iter().zip(gauges) {
+                g.set(if current == Some(*r) { 1.0 } else { 0.0 });
+            }
+            if let Some(r) = current {
+                regimes.insert(*symbol, r.as_str());
+            }
+        }
+        regimes
+    };
+    let mut regimes = update_regimes(&stream);
+    tracing::info!(rate, time_scale, max_records, "publishing");
+    let record_outcome =
+        |kind: Kind, ok: bool, acked: &mut HashMap<&'static str, u64>, failed: &mut u64| {
+            if ok {
+                metrics.records[&kind].increment(1);
+                *acked.entry(kind.as_str()).or_default() += 1;
+            } else {
+                *failed += 1;
+            }
+        };
+    while max_records == 0 || queued < max_records {
+        if shutdown.is_triggered() {
+            break;
+        }
+        if control.paused() {
+            metrics.paused.set(1.0);
+            metrics.rate.set(0.0);
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = control.changed() => {}
+                Some((kind, ok)) = deliveries.next(), if !deliveries.is_empty() => record_outcome(kind, ok, &mut acked, &mut failed),
+            }
+            if !control.paused() {
+                metrics.paused.set(0.0);
+                pacer.rebase(rate);
+            }
+            continue;
+        }
+        let wanted = control.rate();
+        if wanted != rate {
+            rate = wanted;
+            metrics.target_rate.set(rate as f64);
+            pacer.rebase(rate);
+        }
+        if let Some(regime) = control.take_regime_request() {
+            stream.force_regime(regime);
+            tracing::info!(regime = regime.as_str(), "regime switched");
+        }
+        let g = stream.next_record();
+        let on_time = g.kind != Kind::Late;
+        if let Some(wait) = pacer.delay(on_time.then_some(g.event_time_ms)) {
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    () = shutdown.cancelled() => break,
+                    Some((kind, ok)) = deliveries.next(), if !deliveries.is_empty() => record_outcome(kind, ok, &mut acked, &mut failed),
+                }
+            }
+            if shutdown.is_triggered() {
+                break;
+            }
+        }
+        let mut record = Record::new(topic, Some(g.symbol.into_bytes()), g.payload)
+            .header(HEADER_SIM_KIND, g.kind.as_str());
+        if let Some(a) = g.anomaly {
+            record = record.header(HEADER_SIM_ANOMALY, anomaly_str(a));
+        }
+        let kind = g.kind;
+        let delivery = producer.send(&record);
+        deliveries.push(async move { (kind, delivery.await.is_ok()) });
+        queued += 1;
+        second_count += 1;
+        if on_time {
+            last_event = Some(g.event_time_ms);
+        }
+        while deliveries.len() >= MAX_IN_FLIGHT {
+            if let Some((kind, ok)) = deliveries.next().await {
+                record_outcome(kind, ok, &mut acked, &mut failed);
+            }
+        }
+        if second_start.elapsed() >= Duration::from_secs(1) {
+            metrics
+                .rate
+                .set(second_count as f64 / second_start.elapsed().as_secs_f64());
+            (second_start, second_count) = (Instant::now(), 0);
+            if let Some(ev) = last_event {
+                metrics.event_time.set(ev as f64 / 1e3);
+            }
+            regimes = update_regimes(&stream);
+            let mut p = shared.progress.lock().unwrap_or_else(|e| e.into_inner());
+            p.published.clone_from(&acked);
+            p.failed = failed;
+            p.event_time_ms = last_event;
+            p.regimes.clone_from(&regimes);
+        }
+    }
+    while let Some((kind, ok)) = deliveries.next().await {
+        record_outcome(kind, ok, &mut acked, &mut failed);
+    }
+    producer.flush(Duration::from_secs(30))?;
+    if let Some(ev) = last_event {
+        metrics.event_time.set(ev as f64 / 1e3);
+    }
+    metrics.rate.set(0.0);
+    let total: u64 = acked.values().sum();
+    {
+        let mut p = shared.progress.lock().unwrap_or_else(|e| e.into_inner());
+        p.published.clone_from(&acked);
+        p.failed = failed;
+        p.event_time_ms = last_event;
+        p.regimes = regimes;
+        p.finished = true;
+    }
+    tracing::info!(published = total, failed, "publishing finished");
+    anyhow::ensure!(failed == 0, "{failed} records were not delivered");
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! The generator's HTTP API: status for anyone, run-time control behind the admin token.
+//!
+//! - `GET /v1/status`: settings (no secrets), rate, pause state, records published by
+//!   kind, event time, each symbol's regime.
+//! - `PUT /v1/admin/rate` `{"records_per_second": 500}` (0: unlimited).
+//! - `PUT /v1/admin/regime` `{"regime": "turbulent"}` (calm, normal, turbulent).
+//! - `POST /v1/admin/pause`, `POST /v1/admin/resume`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use metrics::Counter;
+use serde::Deserialize;
+use tidewatch_market_sim::Regime;
+use tidewatch_telemetry::catalog;
+use tidewatch_web::{AdminAuth, ApiError, BodyLimit, JsonBody};
+
+use crate::Shared;
+
+/// Most records per second the admin endpoint accepts.
+pub const MAX_RATE: u64 = 1_000_000;
+
+#[derive(Clone, Debug)]
+pub struct AppState {
+    shared: Arc<Shared>,
+    admin: Arc<AdminAuth>,
+    max_body_bytes: usize,
+    actions: Arc<[Counter; 4]>,
+}
+
+impl AppState {
+    pub fn new(shared: Arc<Shared>, admin: AdminAuth, max_body_bytes: usize) -> Self {
+        let actions = ["set_rate", "set_regime", "pause", "resume"].map(|a| {
+            let c = catalog::ADMIN_ACTIONS.counter(&[("action", a)]);
+            c.absolute(0);
+            c
+        });
+        Self {
+            shared,
+            admin: Arc::new(admin),
+            max_body_bytes,
+            actions: Arc::new(actions),
+        }
+    }
+}
+
+impl BodyLimit for AppState {
+    fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/admin/rate", put(set_rate))
+        .route("/v1/admin/regime", put(set_regime))
+        .route("/v1/admin/pause", post(pause))
+        .route("/v1/admin/resume", post(resume))
+        .with_state(state)
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+}
+
+async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let progress = state
+        .shared
+        .progress
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let control = &state.shared.control;
+    Json(serde_json::json!({
+        "settings": state.shared.settings,
+        "records_per_second": control.rate(),
+        "paused": control.paused(),
+        "progress": progress,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetRate {
+    records_per_second: Option<u64>,
+}
+
+async fn set_rate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<JsonBody<SetRate>, ApiError>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.admin.authorize(&headers)?;
+    let JsonBody(req) = body?;
+    let rate = req.records_per_second.ok_or_else(|| {
+        ApiError::invalid(
+            "records_per_second",
+            "missing_field",
+            "records_per_second is required",
+        )
+    })?;
+    if rate > MAX_RATE {
+        return Err(ApiError::invalid(
+            "records_per_second",
+            "invalid_value",
+            format!("records_per_second must be at most {MAX_RATE} (0: unlimited)"),
+        ));
+    }
+    let previous = state.shared.control.set_rate(rate);
+    state.actions[0].increment(1);
+    tracing::info!(from = previous, to = rate, "rate changed");
+    Ok(Json(
+        serde_json::json!({"records_per_second": rate, "previous": previous}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetRegime {
+    regime: Option<String>,
+}
+
+async fn set_regime(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<JsonBody<SetRegime>, ApiError>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.admin.authorize(&headers)?;
+    let JsonBody(req) = body?;
+    let name = req
+        .regime
+        .ok_or_else(|| ApiError::invalid("regime", "missing_field", "regime is required"))?;
+    let regime = Regime::ALL
+        .into_iter()
+        .find(|r| r.as_str() == name)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "regime",
+                "invalid_value",
+                format!("unknown regime {name:?}; expected calm, normal or turbulent"),
+            )
+        })?;
+    state.shared.control.request_regime(regime);
+    state.actions[1].increment(1);
+    tracing::info!(regime = regime.as_str(), "regime switch requested");
+    Ok(Json(serde_json::json!({"regime": regime.as_str()})))
+}
+
+async fn pause(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.admin.authorize(&headers)?;
+    let was = state.shared.control.set_paused(true);
+    state.actions[2].increment(1);
+    tracing::info!("publishing paused");
+    Ok(Json(serde_json::json!({"paused": true, "was_paused": was})))
+}
+
+async fn resume(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.admin.authorize(&headers)?;
+    let was = state.shared.control.set_paused(false);
+    state.actions[3].increment(1);
+    tracing::info!("publishing resumed");
+    Ok(Json(
+        serde_json::json!({"paused": false, "was_paused": was}),
+    ))
+}
