@@ -77,6 +77,9 @@ pub enum Outcome {
         error_code: &'static str,
         reason: String,
     },
+    /// The message cannot be handled now and the stage is stopping (a dependency stayed
+    /// away until shutdown): its offset is not stored, so it is processed after restart.
+    Abandon,
 }
 
 /// A stage's logic: it decides what each input becomes; the loop does the Kafka I/O.
@@ -262,6 +265,10 @@ pub async fn run<P: Processor>(
                 let start = Instant::now();
                 let records = match processor.process(&input).await {
                     Outcome::Emit(records) => records,
+                    Outcome::Abandon => {
+                        tracing::info!(partition = input.partition, offset = input.offset, "message left for after restart");
+                        break Ok(());
+                    }
                     Outcome::DeadLetter { error_code, reason } => {
                         metrics.error(error_code);
                         metrics.dead_lettered(error_code);

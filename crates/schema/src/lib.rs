@@ -79,6 +79,32 @@ pub struct Trade {
     pub ingest_time_ms: i64,
 }
 
+/// A canonical trade with its instrument's reference data and what anomaly detection found
+/// (`trades.enriched`). Anomalous trades stay in the stream, flagged: the venue did print them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrichedTrade {
+    #[serde(flatten)]
+    pub trade: Trade,
+    pub asset_class: String,
+    pub base: String,
+    pub quote: String,
+    pub tick_size: f64,
+    pub lot_size: f64,
+    pub anomalies: Vec<Anomaly>,
+}
+
+/// One finding of enrich's anomaly detection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Anomaly {
+    /// `price_band`, `price_jump` or `outsized_size`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `warning` or `critical`.
+    pub severity: String,
+    /// How far off: relative price deviation, or size in multiples of the typical size.
+    pub score: f64,
+}
+
 /// The fields a rejection can name: a fixed set, so it can be a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Field {
