@@ -20,6 +20,9 @@ pub const FEATURE_NAMES: [&str; 6] = [
 pub const WARMUP_BARS: usize = 16;
 /// Bars over which volume is standardised.
 const VOLUME_WINDOW: usize = 30;
+/// Bars a [`FeatureBuilder`] remembers: pushing this many bars into a fresh builder gives
+/// it exactly the state of one that saw the whole history.
+pub const HISTORY_BARS: usize = VOLUME_WINDOW + 1;
 
 /// The model's input for one symbol at the close of one minute.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

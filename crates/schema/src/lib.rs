@@ -105,6 +105,39 @@ pub struct Anomaly {
     pub score: f64,
 }
 
+/// One closed OHLC bar (`bars.1m`). Its identity is (symbol, interval, start): a replay
+/// produces the same bar again, which a keyed upsert absorbs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BarRecord {
+    pub symbol: String,
+    pub interval_seconds: u32,
+    /// Window start (inclusive) and end (exclusive), Unix milliseconds of event time.
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub open: f64,
+    pub high: f64,
+    pub low: f64,
+    pub close: f64,
+    pub volume: f64,
+    /// Volume-weighted average price.
+    pub vwap: f64,
+    pub trade_count: u64,
+}
+
+/// The model's features as of one closed bar (`features.1m`), computed exactly as in
+/// training by the model crate's `FeatureBuilder`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureRecord {
+    pub symbol: String,
+    pub interval_seconds: u32,
+    /// The bar these features were computed at (its start and end).
+    pub bar_start_ms: i64,
+    pub bar_end_ms: i64,
+    /// The bar's close, so outcomes can be judged from later features alone.
+    pub close: f64,
+    pub features: tidewatch_model::Features,
+}
+
 /// The fields a rejection can name: a fixed set, so it can be a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Field {

@@ -1,0 +1,257 @@
+//! `aggregate`: enriched trades (`trades.enriched`) become per-symbol event-time OHLC bars
+//! (`bars.1m`) and, as each bar closes, that symbol's model features (`features.1m`). Late
+//! trades go to the dead-letter topic with their reason; duplicates from upstream replays
+//! are dropped. Offsets are committed only up to the oldest trade still needed (see
+//! [`window`]), with a checkpoint that makes a restart emit exactly what an uninterrupted
+//! run would have.
+
+pub mod window;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use clap::Parser;
+use metrics::{Counter, Gauge};
+use tidewatch_kafka::service::StageArgs;
+use tidewatch_kafka::stage::{Input, Outcome, Position, Processor};
+use tidewatch_kafka::Record;
+use tidewatch_schema::{EnrichedTrade, TOPIC_BARS, TOPIC_FEATURES, TOPIC_TRADES_ENRICHED};
+use tidewatch_telemetry::{catalog, TelemetryArgs};
+
+use crate::window::{Admission, Checkpoint, PartitionWindows};
+
+pub const SERVICE: &str = "aggregate";
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "aggregate",
+    version,
+    about = "Builds event-time OHLC bars and model features from enriched trades"
+)]
+pub struct Settings {
+    /// Address of the ops server (/metrics, /health).
+    #[arg(long = "listen", env = "LISTEN_ADDR", default_value = "0.0.0.0:9103")]
+    pub listen: SocketAddr,
+    #[arg(long, env = "INPUT_TOPIC", default_value = TOPIC_TRADES_ENRICHED)]
+    pub input_topic: String,
+    #[arg(long, env = "BARS_TOPIC", default_value = TOPIC_BARS)]
+    pub bars_topic: String,
+    #[arg(long, env = "FEATURES_TOPIC", default_value = TOPIC_FEATURES)]
+    pub features_topic: String,
+    /// Window length. Features are defined on one-minute bars; other lengths give bars only
+    /// meaningful to the model if it was trained on them.
+    #[arg(long, env = "WINDOW_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub window_seconds: u32,
+    /// How far behind the newest event time of a partition a trade may be and still count.
+    #[arg(long, env = "ALLOWED_LATENESS_SECONDS", default_value_t = 10)]
+    pub allowed_lateness_seconds: u32,
+    #[command(flatten)]
+    pub stage: StageArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+impl Settings {
+    pub fn public_view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "listen": self.listen.to_string(),
+            "input_topic": self.input_topic,
+            "bars_topic": self.bars_topic,
+            "features_topic": self.features_topic,
+            "window_seconds": self.window_seconds,
+            "allowed_lateness_seconds": self.allowed_lateness_seconds,
+            "stage": self.stage,
+            "telemetry": self.telemetry,
+        })
+    }
+}
+
+struct WindowMetrics {
+    bars: Counter,
+    features: Counter,
+    late: Counter,
+    duplicates: Counter,
+    replayed: Counter,
+    open: Gauge,
+    watermarks: HashMap<i32, Gauge>,
+}
+
+/// The stage's logic: windows per assigned partition.
+pub struct Aggregate {
+    bars_topic: String,
+    features_topic: String,
+    size_ms: i64,
+    lateness_ms: i64,
+    partitions: HashMap<i32, PartitionWindows>,
+    metrics: WindowMetrics,
+}
+
+impl std::fmt::Debug for Aggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregate")
+            .field("size_ms", &self.size_ms)
+            .field("lateness_ms", &self.lateness_ms)
+            .field("partitions", &self.partitions.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Aggregate {
+    pub fn new(settings: &Settings) -> Self {
+        let metrics = WindowMetrics {
+            bars: catalog::BARS_CLOSED.counter(&[]),
+            features: catalog::FEATURES_EMITTED.counter(&[]),
+            late: catalog::LATE_TRADES.counter(&[]),
+            duplicates: catalog::DUPLICATE_TRADES.counter(&[]),
+            replayed: catalog::REPLAYED_MESSAGES.counter(&[]),
+            open: catalog::OPEN_WINDOWS.gauge(&[]),
+            watermarks: HashMap::new(),
+        };
+        for c in [
+            &metrics.bars,
+            &metrics.features,
+            &metrics.late,
+            &metrics.duplicates,
+            &metrics.replayed,
+        ] {
+            c.absolute(0);
+        }
+        Self {
+            bars_topic: settings.bars_topic.clone(),
+            features_topic: settings.features_topic.clone(),
+            size_ms: i64::from(settings.window_seconds) * 1000,
+            lateness_ms: i64::from(settings.allowed_lateness_seconds) * 1000,
+            partitions: HashMap::new(),
+            metrics,
+        }
+    }
+
+    fn windows(&mut self, partition: i32) -> &mut PartitionWindows {
+        let (size, lateness) = (self.size_ms, self.lateness_ms);
+        self.partitions
+            .entry(partition)
+            .or_insert_with(|| PartitionWindows::new(size, lateness))
+    }
+
+    fn update_gauges(&mut self, partition: i32) {
+        let open: usize = self
+            .partitions
+            .values()
+            .map(PartitionWindows::open_windows)
+            .sum();
+        self.metrics.open.set(open as f64);
+        if let Some(wm) = self
+            .partitions
+            .get(&partition)
+            .and_then(PartitionWindows::watermark)
+        {
+            self.metrics
+                .watermarks
+                .entry(partition)
+                .or_insert_with(|| {
+                    catalog::WATERMARK.gauge(&[("partition", &partition.to_string())])
+                })
+                .set(wm as f64 / 1e3);
+        }
+    }
+}
+
+impl Processor for Aggregate {
+    async fn process(&mut self, input: &Input<'_>) -> Outcome {
+        let decoded: Result<EnrichedTrade, _> = serde_json::from_slice(input.payload);
+        let windows = self.windows(input.partition);
+        let replay = windows.is_replay(input.offset);
+        let trade = match decoded {
+            Ok(t) => t.trade,
+            // Dead-lettered the first time round.
+            Err(_) if replay => return Outcome::Emit(Vec::new()),
+            Err(e) => {
+                return Outcome::DeadLetter {
+                    error_code: "malformed_trade",
+                    reason: format!("not an enriched trade: {e}"),
+                }
+            }
+        };
+        let admission = windows.admit(
+            input.offset,
+            &trade.symbol,
+            &trade.trade_id,
+            trade.event_time_ms,
+            trade.price,
+            trade.size,
+        );
+        let closing = windows.advance(trade.event_time_ms);
+        self.update_gauges(input.partition);
+        if replay {
+            self.metrics.replayed.increment(1);
+            return Outcome::Emit(Vec::new());
+        }
+        if let Admission::Late { reason } = admission {
+            self.metrics.late.increment(1);
+            // Nothing closes on a late trade: it cannot move the watermark.
+            return Outcome::DeadLetter {
+                error_code: "late_trade",
+                reason,
+            };
+        }
+        if admission == Admission::Duplicate {
+            self.metrics.duplicates.increment(1);
+        }
+        let mut records = Vec::with_capacity(closing.bars.len() + closing.features.len());
+        for bar in &closing.bars {
+            self.metrics.bars.increment(1);
+            records.push(Record::new(
+                &self.bars_topic,
+                Some(bar.symbol.clone().into_bytes()),
+                serde_json::to_vec(bar).unwrap_or_default(),
+            ));
+        }
+        for features in &closing.features {
+            self.metrics.features.increment(1);
+            records.push(Record::new(
+                &self.features_topic,
+                Some(features.symbol.clone().into_bytes()),
+                serde_json::to_vec(features).unwrap_or_default(),
+            ));
+        }
+        Outcome::Emit(records)
+    }
+
+    fn resume_position(&self, partition: i32, offset: i64) -> Position {
+        match self.partitions.get(&partition) {
+            Some(windows) => {
+                let checkpoint = windows.checkpoint(offset);
+                Position {
+                    offset: checkpoint.resume_offset,
+                    metadata: Some(checkpoint.encode()),
+                }
+            }
+            None => Position {
+                offset: offset + 1,
+                metadata: None,
+            },
+        }
+    }
+
+    fn assigned(&mut self, partition: i32, committed: Option<&Position>) {
+        let checkpoint =
+            committed.and_then(|p| Checkpoint::decode(p.offset, p.metadata.as_deref()?));
+        let windows = match &checkpoint {
+            Some(c) => {
+                tracing::info!(
+                    partition,
+                    resume = c.resume_offset,
+                    through = c.acknowledged_through,
+                    "restoring windows from checkpoint"
+                );
+                PartitionWindows::restore(self.size_ms, self.lateness_ms, c)
+            }
+            None => PartitionWindows::new(self.size_ms, self.lateness_ms),
+        };
+        self.partitions.insert(partition, windows);
+    }
+
+    fn revoked(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+}
