@@ -65,13 +65,24 @@ pub async fn connect_and_migrate(args: &DatabaseArgs) -> anyhow::Result<PgPool> 
     loop {
         match MIGRATOR.run(&pool).await {
             Ok(()) => return Ok(pool),
-            Err(e) if Instant::now() < deadline => {
-                tracing::warn!(error = %e, "database not ready, retrying");
+            Err(e) if unreachable(&e) && Instant::now() < deadline => {
+                tracing::warn!(error = %e, "database not reachable yet, retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => return Err(e).context("applying migrations"),
         }
     }
+}
+
+/// Whether a migration failed because the database could not be reached (worth waiting
+/// for) rather than because of what it holds (worth stopping for).
+fn unreachable(e: &sqlx::migrate::MigrateError) -> bool {
+    matches!(
+        e,
+        sqlx::migrate::MigrateError::Execute(
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)
+        )
+    ) || matches!(e, sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(d)) if d.code().as_deref() == Some("57P03"))
 }
 
 #[cfg(test)]

@@ -14,8 +14,6 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tidewatch_telemetry::{catalog, ComponentHealth, HealthHandle};
 
-use crate::stage::Position;
-
 /// librdkafka reports lag -1 or offsets -1001 (unset) before anything is committed.
 const UNSET: i64 = -1;
 
@@ -25,7 +23,7 @@ pub enum AssignmentChange {
     /// A partition now consumed by this member, with its committed position if any.
     Assigned {
         partition: i32,
-        committed: Option<Position>,
+        committed: Option<i64>,
     },
     Revoked {
         partition: i32,
@@ -131,8 +129,7 @@ impl ConsumerContext for StageContext {
         let kind = match rebalance {
             Rebalance::Assign(tpl) => {
                 tracing::info!(partitions = %describe(tpl), "partitions assigned");
-                // The committed positions, with their metadata: a stateful processor
-                // restores its checkpoint from them.
+                // The committed offsets, for processors that keep state.
                 let committed = consumer
                     .committed_offsets((*tpl).clone(), Duration::from_secs(10))
                     .map_err(|e| tracing::warn!(error = %e, "reading committed offsets failed"))
@@ -141,13 +138,11 @@ impl ConsumerContext for StageContext {
                     let position = committed.as_ref().and_then(|c| {
                         let e = c.find_partition(element.topic(), element.partition())?;
                         match e.offset() {
-                            Offset::Offset(offset) => Some(Position {
-                                offset,
-                                metadata: Some(e.metadata().to_owned()).filter(|m| !m.is_empty()),
-                            }),
+                            Offset::Offset(offset) => Some(offset),
                             _ => None,
                         }
                     });
+                    tracing::debug!(partition = element.partition(), committed = ?position, "committed offset");
                     self.push_change(AssignmentChange::Assigned {
                         partition: element.partition(),
                         committed: position,

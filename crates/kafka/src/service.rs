@@ -21,9 +21,28 @@ pub struct StageArgs {
     /// Consumer group; instances with the same group share the input's partitions.
     #[arg(long, env = "KAFKA_GROUP_ID")]
     pub group_id: Option<String>,
+    /// Static group membership (KIP-345): a stable id per instance, e.g. `aggregate-0`. A
+    /// restarted instance takes its partitions back at once instead of waiting out the
+    /// session timeout and rebalancing the group.
+    #[arg(long, env = "KAFKA_GROUP_INSTANCE_ID")]
+    pub group_instance_id: Option<String>,
     /// Messages processed ahead of their acknowledgements, at most.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 1000)]
     pub max_in_flight: usize,
+    /// How long the group waits for a member that stopped answering (a crashed instance)
+    /// before its partitions go to the others.
+    #[arg(long, env = "KAFKA_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub session_timeout_ms: u32,
+    /// Extra librdkafka consumer properties, `key=value`, comma-separated.
+    #[arg(long = "consumer-option", env = "KAFKA_CONSUMER_OPTIONS", value_delimiter = ',', value_parser = key_value)]
+    pub consumer_options: Vec<(String, String)>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
 /// A stage with its ops listener bound (port 0 works; [`StageService::local_addr`] tells).
@@ -65,6 +84,13 @@ impl StageService {
             group_id: args.group_id.clone().unwrap_or_else(|| stage.to_owned()),
             input_topic: input_topic.to_owned(),
             max_in_flight: args.max_in_flight.max(1),
+            session_timeout_ms: args.session_timeout_ms,
+            options: args
+                .group_instance_id
+                .iter()
+                .map(|id| ("group.instance.id".to_owned(), id.clone()))
+                .chain(args.consumer_options.iter().cloned())
+                .collect(),
         };
         Ok(Self {
             listener,

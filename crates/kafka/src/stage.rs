@@ -7,8 +7,9 @@
 //! messages are processed ahead of their acknowledgements, which keeps throughput up.
 //!
 //! A processor that keeps state across messages (aggregate's open windows) says where to
-//! resume instead ([`Processor::resume_position`]), with metadata committed beside the
-//! offset, and gets that back when a partition is assigned ([`Processor::assigned`]).
+//! resume instead ([`Processor::resume_position`]), learns when that position is safe
+//! ([`Processor::acknowledged`]) so it can checkpoint its state, and when a partition is
+//! assigned may move the start back to its checkpoint ([`Processor::assigned`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -60,7 +61,7 @@ impl Input<'_> {
 }
 
 /// Where a partition resumes: the next offset to read, and what the processor needs to
-/// rebuild its state from there (committed with the offset).
+/// rebuild its state from there (handed back by [`Processor::acknowledged`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
     pub offset: i64,
@@ -97,8 +98,19 @@ pub trait Processor: Send {
         }
     }
 
-    /// `partition` was assigned; `committed` is where the group left it, if anywhere.
-    fn assigned(&mut self, _partition: i32, _committed: Option<&Position>) {}
+    /// Every output up to the message that produced `position` was acknowledged and the
+    /// offset stored: a stateful processor can checkpoint `position` now.
+    fn acknowledged(&mut self, _partition: i32, _position: &Position) {}
+
+    /// `partition` was assigned; `committed` is the group's committed offset, if any. A
+    /// processor that must rebuild state returns the offset to start from instead.
+    fn assigned(
+        &mut self,
+        _partition: i32,
+        _committed: Option<i64>,
+    ) -> impl Future<Output = anyhow::Result<Option<i64>>> + Send {
+        std::future::ready(Ok(None))
+    }
 
     /// `partition` was taken away; state kept for it is stale from now on.
     fn revoked(&mut self, _partition: i32) {}
@@ -113,6 +125,9 @@ pub struct StageConfig {
     pub input_topic: String,
     /// Messages processed but not yet acknowledged, at most.
     pub max_in_flight: usize,
+    pub session_timeout_ms: u32,
+    /// Extra librdkafka properties, applied last.
+    pub options: Vec<(String, String)>,
 }
 
 type Pending = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -196,7 +211,8 @@ pub async fn run<P: Processor>(
     shutdown: &Shutdown,
     health: &HealthHandle,
 ) -> anyhow::Result<()> {
-    let consumer: StreamConsumer<StageContext> = ClientConfig::new()
+    let mut client = ClientConfig::new();
+    client
         .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group_id)
         .set("client.id", config.stage)
@@ -206,6 +222,11 @@ pub async fn run<P: Processor>(
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", "5000")
+        .set("session.timeout.ms", config.session_timeout_ms.to_string());
+    for (key, value) in &config.options {
+        client.set(key, value);
+    }
+    let consumer: StreamConsumer<StageContext> = client
         .create_with_context(StageContext::new(health.clone()))
         .context("creating the Kafka consumer")?;
     consumer
@@ -217,12 +238,14 @@ pub async fn run<P: Processor>(
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
     let stop = shutdown.cancelled();
     tokio::pin!(stop);
-    let outcome = loop {
+    // Partitions moved back to a checkpoint: the first offset to accept.
+    let mut skip_before: HashMap<i32, i64> = HashMap::new();
+    let outcome = 'main: loop {
         tokio::select! {
             biased;
             () = &mut stop => break Ok(()),
             Some(done) = pending.next(), if !pending.is_empty() => {
-                if let Err(e) = finish(&consumer, &mut metrics, done, pending.len()) {
+                if let Err(e) = finish(&consumer, processor, &mut metrics, done, pending.len()) {
                     break Err(e);
                 }
             }
@@ -230,9 +253,25 @@ pub async fn run<P: Processor>(
                 for change in consumer.context().take_changes() {
                     match change {
                         AssignmentChange::Assigned { partition, committed } => {
-                            processor.assigned(partition, committed.as_ref());
+                            skip_before.remove(&partition);
+                            let start = match processor.assigned(partition, committed).await {
+                                Ok(start) => start,
+                                Err(e) => break 'main Err(e.context(format!("restoring partition {partition}"))),
+                            };
+                            if let Some(start) = start.filter(|s| Some(*s) != committed) {
+                                // Messages already fetched from the committed offset are
+                                // dropped until the one at `start` arrives.
+                                if let Err(e) = consumer.seek(&config.input_topic, partition, Offset::Offset(start), Duration::from_secs(10)) {
+                                    break 'main Err(anyhow::Error::new(e).context(format!("seeking partition {partition} to {start}")));
+                                }
+                                tracing::info!(partition, start, ?committed, "resuming from the processor's checkpoint");
+                                skip_before.insert(partition, start);
+                            }
                         }
-                        AssignmentChange::Revoked { partition } => processor.revoked(partition),
+                        AssignmentChange::Revoked { partition } => {
+                            skip_before.remove(&partition);
+                            processor.revoked(partition);
+                        }
                     }
                 }
                 let message = match received {
@@ -243,6 +282,12 @@ pub async fn run<P: Processor>(
                         continue;
                     }
                 };
+                if let Some(start) = skip_before.get(&message.partition()).copied() {
+                    if message.offset() != start {
+                        continue;
+                    }
+                    skip_before.remove(&message.partition());
+                }
                 let headers = message
                     .headers()
                     .map(|h| {
@@ -294,7 +339,7 @@ pub async fn run<P: Processor>(
     let mut outcome = outcome;
     while let Some(done) = pending.next().await {
         if outcome.is_ok() {
-            outcome = finish(&consumer, &mut metrics, done, pending.len());
+            outcome = finish(&consumer, processor, &mut metrics, done, pending.len());
         }
     }
     match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -309,8 +354,9 @@ pub async fn run<P: Processor>(
     outcome
 }
 
-fn finish(
+fn finish<P: Processor>(
     consumer: &StreamConsumer<StageContext>,
+    processor: &mut P,
     metrics: &mut StageMetrics,
     done: Done,
     in_flight: usize,
@@ -322,8 +368,11 @@ fn finish(
             }
             // After a rebalance the partition may belong to another member now; it will
             // process the message again, which at-least-once allows.
-            if let Err(e) = store(consumer, &done.topic, done.partition, &done.resume) {
-                tracing::debug!(error = %e, partition = done.partition, "offset not stored");
+            match store(consumer, &done.topic, done.partition, done.resume.offset) {
+                Ok(()) => processor.acknowledged(done.partition, &done.resume),
+                Err(e) => {
+                    tracing::debug!(error = %e, partition = done.partition, "offset not stored");
+                }
             }
             metrics.batch.record((in_flight + 1) as f64);
             if let Some(ts) = done.timestamp_ms {
@@ -341,19 +390,15 @@ fn finish(
     }
 }
 
-/// Stores a partition's resume position (offset and metadata) for the next commit.
+/// Stores the offset a partition resumes from, for the next commit.
 fn store(
     consumer: &StreamConsumer<StageContext>,
     topic: &str,
     partition: i32,
-    position: &Position,
+    offset: i64,
 ) -> anyhow::Result<()> {
     let mut tpl = TopicPartitionList::with_capacity(1);
-    let mut element = tpl.add_partition(topic, partition);
-    element.set_offset(Offset::Offset(position.offset))?;
-    if let Some(metadata) = &position.metadata {
-        element.set_metadata(metadata.as_str());
-    }
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
     consumer.store_offsets(&tpl)?;
     Ok(())
 }

@@ -5,19 +5,23 @@
 //! [`window`]), with a checkpoint that makes a restart emit exactly what an uninterrupted
 //! run would have.
 
+pub mod checkpoint;
 pub mod window;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
 use metrics::{Counter, Gauge};
+use tidewatch_db::DatabaseArgs;
 use tidewatch_kafka::service::StageArgs;
 use tidewatch_kafka::stage::{Input, Outcome, Position, Processor};
 use tidewatch_kafka::Record;
 use tidewatch_schema::{EnrichedTrade, TOPIC_BARS, TOPIC_FEATURES, TOPIC_TRADES_ENRICHED};
 use tidewatch_telemetry::{catalog, TelemetryArgs};
 
+use crate::checkpoint::CheckpointStore;
 use crate::window::{Admission, Checkpoint, PartitionWindows};
 
 pub const SERVICE: &str = "aggregate";
@@ -46,6 +50,8 @@ pub struct Settings {
     #[arg(long, env = "ALLOWED_LATENESS_SECONDS", default_value_t = 10)]
     pub allowed_lateness_seconds: u32,
     #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
     pub stage: StageArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -60,6 +66,7 @@ impl Settings {
             "features_topic": self.features_topic,
             "window_seconds": self.window_seconds,
             "allowed_lateness_seconds": self.allowed_lateness_seconds,
+            "database": self.database,
             "stage": self.stage,
             "telemetry": self.telemetry,
         })
@@ -83,6 +90,7 @@ pub struct Aggregate {
     size_ms: i64,
     lateness_ms: i64,
     partitions: HashMap<i32, PartitionWindows>,
+    checkpoints: CheckpointStore,
     metrics: WindowMetrics,
 }
 
@@ -97,7 +105,7 @@ impl std::fmt::Debug for Aggregate {
 }
 
 impl Aggregate {
-    pub fn new(settings: &Settings) -> Self {
+    pub fn new(settings: &Settings, checkpoints: CheckpointStore) -> Self {
         let metrics = WindowMetrics {
             bars: catalog::BARS_CLOSED.counter(&[]),
             features: catalog::FEATURES_EMITTED.counter(&[]),
@@ -122,6 +130,7 @@ impl Aggregate {
             size_ms: i64::from(settings.window_seconds) * 1000,
             lateness_ms: i64::from(settings.allowed_lateness_seconds) * 1000,
             partitions: HashMap::new(),
+            checkpoints,
             metrics,
         }
     }
@@ -233,25 +242,65 @@ impl Processor for Aggregate {
         }
     }
 
-    fn assigned(&mut self, partition: i32, committed: Option<&Position>) {
-        let checkpoint =
-            committed.and_then(|p| Checkpoint::decode(p.offset, p.metadata.as_deref()?));
-        let windows = match &checkpoint {
+    fn acknowledged(&mut self, partition: i32, position: &Position) {
+        if let Some(c) = position
+            .metadata
+            .as_deref()
+            .and_then(|m| Checkpoint::decode(position.offset, m))
+        {
+            self.checkpoints.acknowledged(partition, c);
+        }
+    }
+
+    async fn assigned(
+        &mut self,
+        partition: i32,
+        committed: Option<i64>,
+    ) -> anyhow::Result<Option<i64>> {
+        // A partition's state must come from its checkpoint: wait for the database a while.
+        let mut attempt = 0;
+        let checkpoint = loop {
+            match self.checkpoints.load(partition).await {
+                Ok(c) => break c,
+                Err(e) if attempt < 30 => {
+                    attempt += 1;
+                    tracing::warn!(
+                        partition,
+                        error = format!("{e:#}"),
+                        "checkpoint unavailable, retrying"
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let (windows, start) = match checkpoint {
             Some(c) => {
                 tracing::info!(
                     partition,
                     resume = c.resume_offset,
                     through = c.acknowledged_through,
+                    ?committed,
                     "restoring windows from checkpoint"
                 );
-                PartitionWindows::restore(self.size_ms, self.lateness_ms, c)
+                (
+                    PartitionWindows::restore(self.size_ms, self.lateness_ms, &c),
+                    Some(c.resume_offset),
+                )
             }
-            None => PartitionWindows::new(self.size_ms, self.lateness_ms),
+            None => {
+                if committed.is_some() {
+                    tracing::warn!(partition, ?committed, "no checkpoint for a partition with a committed offset; starting with empty windows");
+                }
+                (PartitionWindows::new(self.size_ms, self.lateness_ms), None)
+            }
         };
         self.partitions.insert(partition, windows);
+        Ok(start)
     }
 
     fn revoked(&mut self, partition: i32) {
         self.partitions.remove(&partition);
+        self.checkpoints.forget(partition);
     }
 }

@@ -1,5 +1,6 @@
 //! Binary entry point: parse settings, start telemetry, run the stage until SIGTERM.
 
+use aggregate::checkpoint::CheckpointStore;
 use aggregate::{Aggregate, Settings, SERVICE};
 use clap::Parser as _;
 use tidewatch_kafka::service::StageService;
@@ -12,6 +13,13 @@ async fn main() -> anyhow::Result<()> {
     let build = BuildInfo::new(SERVICE, env!("CARGO_PKG_VERSION"));
     tracing::info!(version = build.version, settings = %settings.public_view(), "starting");
     let telemetry = Telemetry::new(build)?;
+    let pool = tidewatch_db::connect_and_migrate(&settings.database).await?;
+    let group = settings
+        .stage
+        .group_id
+        .clone()
+        .unwrap_or_else(|| SERVICE.to_owned());
+    let checkpoints = CheckpointStore::new(pool, group, settings.input_topic.clone());
     let service = StageService::build(
         SERVICE,
         settings.listen,
@@ -23,7 +31,14 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signal();
-    service.run(Aggregate::new(&settings), shutdown).await?;
+    let saver = checkpoints.spawn_saver(shutdown.clone());
+    let outcome = service
+        .run(Aggregate::new(&settings, checkpoints.clone()), shutdown)
+        .await;
+    saver.abort();
+    // What the stage acknowledged while draining.
+    checkpoints.save().await?;
+    outcome?;
     tracing::info!("stopped");
     Ok(())
 }
