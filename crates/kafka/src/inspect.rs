@@ -11,6 +11,8 @@ use rdkafka::{ClientConfig, Message as _};
 /// One message as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadMessage {
+    pub partition: i32,
+    pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: HashMap<String, String>,
@@ -50,6 +52,8 @@ pub fn read_topic(
         }
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
             let message = ReadMessage {
+                partition: m.partition(),
+                offset: m.offset(),
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().unwrap_or_default().to_vec(),
                 headers: m

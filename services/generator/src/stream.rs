@@ -99,6 +99,8 @@ pub struct RecordStream {
     /// Late trades waiting for their symbol to move on by [`LATE_DELAY_MS`].
     held: Vec<(Trade, Venue)>,
     ready: VecDeque<Generated>,
+    /// Trade ids of the unknown symbol: its own sequence, as a venue would number it.
+    unknown_seq: u64,
 }
 
 impl std::fmt::Debug for RecordStream {
@@ -122,6 +124,7 @@ impl RecordStream {
             mix,
             held: Vec::new(),
             ready: VecDeque::new(),
+            unknown_seq: 0,
         }
     }
 
@@ -149,7 +152,10 @@ impl RecordStream {
             let draw: f64 = self.rng.random();
             let generated = if draw < self.mix.bad_fraction {
                 let kind = Kind::BAD[self.rng.random_range(0..Kind::BAD.len())];
-                plant(kind, venue, &trade)
+                if kind == Kind::UnknownSymbol {
+                    self.unknown_seq += 1;
+                }
+                plant(kind, venue, &trade, self.unknown_seq)
             } else if draw < self.mix.bad_fraction + self.mix.late_fraction {
                 self.held.push((trade, venue));
                 continue;
@@ -198,8 +204,9 @@ fn encode(kind: Kind, venue: Venue, trade: &Trade) -> Generated {
     }
 }
 
-/// A bad record made from `trade`, as a faulty venue feed would send it.
-fn plant(kind: Kind, venue: Venue, trade: &Trade) -> Generated {
+/// A bad record made from `trade`, as a faulty venue feed would send it; `unknown_seq`
+/// numbers the unknown symbol's trades.
+fn plant(kind: Kind, venue: Venue, trade: &Trade, unknown_seq: u64) -> Generated {
     let mut value = encode_raw(venue, trade);
     let price_field = match venue {
         Venue::Alpha => "px",
@@ -229,12 +236,23 @@ fn plant(kind: Kind, venue: Venue, trade: &Trade) -> Generated {
         }
         Kind::UnknownSymbol => {
             symbol = UNKNOWN_SYMBOL.to_owned();
-            let (field, name) = match venue {
-                Venue::Alpha => ("sym", UNKNOWN_SYMBOL.to_owned()),
-                Venue::Beta => ("instrument", UNKNOWN_SYMBOL.replacen('-', "/", 1)),
+            let (field, name, id_field, id) = match venue {
+                Venue::Alpha => (
+                    "sym",
+                    UNKNOWN_SYMBOL.to_owned(),
+                    "id",
+                    serde_json::json!(unknown_seq.to_string()),
+                ),
+                Venue::Beta => (
+                    "instrument",
+                    UNKNOWN_SYMBOL.replacen('-', "/", 1),
+                    "trade_id",
+                    serde_json::json!(unknown_seq),
+                ),
             };
             if let Some(o) = value.as_object_mut() {
                 o.insert(field.to_owned(), serde_json::json!(name));
+                o.insert(id_field.to_owned(), id);
             }
             value.to_string()
         }
