@@ -221,7 +221,8 @@ async fn main() -> anyhow::Result<()> {
         ("aggregate", unique("bench-enriched"), enriched),
     ];
     for (_, topic, records) in &topics {
-        ensure_topics(&brokers, &[topic, &format!("{topic}-out"), "dlq"], 3).await?;
+        let (out, features) = (format!("{topic}-out"), format!("{topic}-out-f"));
+        ensure_topics(&brokers, &[topic, &out, &features, "dlq"], 3).await?;
         fill(&brokers, topic, records.clone()).await?;
     }
     println!("{n} messages per measurement, {rounds} rounds, median shown; stage / passthrough");

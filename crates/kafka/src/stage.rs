@@ -397,8 +397,14 @@ fn store(
     partition: i32,
     offset: i64,
 ) -> anyhow::Result<()> {
-    let mut tpl = TopicPartitionList::with_capacity(1);
-    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-    consumer.store_offsets(&tpl)?;
+    if offset > 0 {
+        // The common case, without building a partition list: librdkafka stores `offset`
+        // of the message before, plus one.
+        consumer.store_offset(topic, partition, offset - 1)?;
+    } else {
+        let mut tpl = TopicPartitionList::with_capacity(1);
+        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        consumer.store_offsets(&tpl)?;
+    }
     Ok(())
 }
