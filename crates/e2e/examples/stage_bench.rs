@@ -26,6 +26,9 @@ use tidewatch_market_sim::MarketConfig;
 use tidewatch_schema::{decode_raw, EnrichedTrade};
 use tidewatch_telemetry::{BuildInfo, ComponentHealth, Criticality, Shutdown, Telemetry};
 
+/// A message to prefill: key and payload.
+type Keyed = (String, Vec<u8>);
+
 /// Stops the stage once it has processed `target` messages.
 struct Counting<P> {
     inner: P,
@@ -215,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
     // Stages see the same number of messages; repeats are fine for throughput.
     fill_to(&mut normalized);
     fill_to(&mut enriched);
-    let topics: Vec<(&'static str, String, Vec<(String, Vec<u8>)>)> = vec![
+    let topics: Vec<(&'static str, String, Vec<Keyed>)> = vec![
         ("normalize", unique("bench-raw"), raw),
         ("enrich", unique("bench-normalized"), normalized),
         ("aggregate", unique("bench-enriched"), enriched),
