@@ -174,9 +174,12 @@ impl ConsumerContext for StageContext {
             .increment(1);
     }
 
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
-            Ok(()) => self.commits.ok.increment(1),
+            Ok(()) => {
+                self.commits.ok.increment(1);
+                tracing::debug!(offsets = %describe_offsets(offsets), "offsets committed");
+            }
             // Nothing to commit is not a failure.
             Err(rdkafka::error::KafkaError::ConsumerCommit(
                 rdkafka::types::RDKafkaErrorCode::NoOffset,
@@ -193,6 +196,14 @@ fn describe(tpl: &TopicPartitionList) -> String {
     tpl.elements()
         .iter()
         .map(|e| format!("{}[{}]", e.topic(), e.partition()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn describe_offsets(tpl: &TopicPartitionList) -> String {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}[{}]={:?}", e.topic(), e.partition(), e.offset()))
         .collect::<Vec<_>>()
         .join(",")
 }

@@ -78,6 +78,8 @@ struct WindowMetrics {
     features: Counter,
     late: Counter,
     duplicates: Counter,
+    /// Duplicates are discarded on purpose: counted as such in the component metrics too.
+    discarded: Counter,
     replayed: Counter,
     open: Gauge,
     watermarks: HashMap<i32, Gauge>,
@@ -111,6 +113,8 @@ impl Aggregate {
             features: catalog::FEATURES_EMITTED.counter(&[]),
             late: catalog::LATE_TRADES.counter(&[]),
             duplicates: catalog::DUPLICATE_TRADES.counter(&[]),
+            discarded: catalog::COMPONENT_DISCARDED_EVENTS
+                .counter(&[("stage", SERVICE), ("intentional", "true")]),
             replayed: catalog::REPLAYED_MESSAGES.counter(&[]),
             open: catalog::OPEN_WINDOWS.gauge(&[]),
             watermarks: HashMap::new(),
@@ -205,6 +209,7 @@ impl Processor for Aggregate {
         }
         if admission == Admission::Duplicate {
             self.metrics.duplicates.increment(1);
+            self.metrics.discarded.increment(1);
         }
         let mut records = Vec::with_capacity(closing.bars.len() + closing.features.len());
         for bar in &closing.bars {
