@@ -9,6 +9,7 @@
 //! no I/O and never panics: inputs are validated by callers, outputs are clamped to [0, 1].
 
 pub mod artifact;
+pub mod drift;
 pub mod features;
 pub mod train;
 
