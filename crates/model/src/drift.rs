@@ -3,7 +3,8 @@
 //!
 //! - [`Ddm`]: Drift Detection Method (Gama et al., 2004) over a binary error stream: warning
 //!   when the error rate plus its standard deviation exceeds the best seen by 2 standard
-//!   deviations, drift at 3.
+//!   deviations, drift at 3. The rate is Laplace-smoothed so a model that has not erred yet
+//!   does not drift on its first error.
 //! - [`PageHinkley`]: cumulative deviation from the running mean (Page, 1954), for an
 //!   increase in the mean; drift when it exceeds `lambda` above its minimum.
 //! - [`Adwin`]: ADaptive WINdowing (Bifet and Gavaldà, 2007): a window of exponential-
@@ -69,7 +70,9 @@ impl Ddm {
         }
         self.n += 1;
         self.errors += f64::from(u8::from(error));
-        let p = self.errors / self.n as f64;
+        // Laplace-smoothed: with no error yet the plain estimate has p = s = 0, and then a
+        // single error would count as drift.
+        let p = (self.errors + 1.0) / (self.n as f64 + 2.0);
         let s = (p * (1.0 - p) / self.n as f64).sqrt();
         if self.n < self.min_samples {
             self.level = Level::Stable;

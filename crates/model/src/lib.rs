@@ -93,6 +93,16 @@ impl Model {
         &self.artifact
     }
 
+    /// The features as the logistic regression sees them: transformed, then standardised.
+    pub fn inputs(&self, features: &Features) -> [f64; 6] {
+        let a = &self.artifact;
+        let mut out = [0.0; 6];
+        for (i, x) in features.to_array().iter().enumerate() {
+            out[i] = (a.transforms[i].apply(*x) - a.scaler.mean[i]) / a.scaler.std[i];
+        }
+        out
+    }
+
     /// The model's log-odds for the `ml` variant.
     fn logit(&self, x: &[f64; 6]) -> f64 {
         let a = &self.artifact;

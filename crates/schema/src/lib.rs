@@ -138,6 +138,27 @@ pub struct FeatureRecord {
     pub features: tidewatch_model::Features,
 }
 
+pub const TOPIC_PREDICTIONS: &str = "predictions";
+
+/// One prediction made from one feature vector (`predictions`): will realised volatility
+/// over the next `horizon_minutes` bars exceed the model's spike threshold?
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictionRecord {
+    pub symbol: String,
+    /// The bar the features were computed at.
+    pub bar_start_ms: i64,
+    pub bar_end_ms: i64,
+    pub horizon_minutes: u64,
+    pub model_version: String,
+    /// The static model's variant (`ml` or `baseline`).
+    pub variant: String,
+    pub probability: f64,
+    pub spike: bool,
+    /// The online model's view of the same features.
+    pub online_probability: f64,
+    pub online_spike: bool,
+}
+
 /// The fields a rejection can name: a fixed set, so it can be a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Field {

@@ -57,6 +57,8 @@ pub enum Group {
     Anomaly,
     /// Event-time windows: bars, features, watermark, late trades (aggregate).
     Windowing,
+    /// Predictions judged by observed outcomes, drift, online learning (prediction-consumer).
+    Outcomes,
 }
 
 impl Group {
@@ -74,6 +76,7 @@ impl Group {
             Group::Reference => "reference",
             Group::Anomaly => "anomaly",
             Group::Windowing => "windowing",
+            Group::Outcomes => "outcomes",
         }
     }
 }
@@ -795,6 +798,91 @@ pub const REPLAYED_MESSAGES: MetricDef = MetricDef {
     group: Group::Windowing,
 };
 
+// --- Outcomes, drift and online learning (prediction-consumer) ---
+
+pub const PREDICTION_OUTCOMES: MetricDef = MetricDef {
+    name: "tidewatch_prediction_outcomes_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["variant", "outcome"],
+    help: "Predictions judged by what the market did over their horizon: the confusion matrix (true_positive, false_positive, false_negative, true_negative), by variant (ml, baseline, online).",
+    buckets: &[],
+    group: Group::Outcomes,
+};
+pub const PREDICTION_ROLLING_SCORE: MetricDef = MetricDef {
+    name: "tidewatch_prediction_rolling_score",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["variant", "metric"],
+    help:
+        "Accuracy, precision, recall and F1 over the last 500 judged predictions, by variant (0-1).",
+    buckets: &[],
+    group: Group::Outcomes,
+};
+pub const PENDING_PREDICTIONS: MetricDef = MetricDef {
+    name: "tidewatch_pending_predictions",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &[],
+    help: "Predictions waiting for their horizon to pass.",
+    buckets: &[],
+    group: Group::Outcomes,
+};
+pub const PENDING_DROPPED: MetricDef = MetricDef {
+    name: "tidewatch_pending_predictions_dropped_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["reason"],
+    help: "Predictions never judged, by reason (full: memory bound reached, oldest dropped; gap: the bar that would judge it never came).",
+    buckets: &[],
+    group: Group::Outcomes,
+};
+pub const DRIFT_EVENTS: MetricDef = MetricDef {
+    name: "tidewatch_drift_events_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["detector", "level"],
+    help: "Drift detector signals, by detector (ddm, page_hinkley, adwin_error, adwin_volatility) and level (warning, drift).",
+    buckets: &[],
+    group: Group::Outcomes,
+};
+pub const DRIFT_STATE: MetricDef = MetricDef {
+    name: "tidewatch_drift_state",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["detector"],
+    help: "Each detector's level after its latest input: 0 stable, 1 warning, 2 drift.",
+    buckets: &[],
+    group: Group::Outcomes,
+};
+pub const DRIFT_STATISTIC: MetricDef = MetricDef {
+    name: "tidewatch_drift_statistic",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["detector", "statistic"],
+    help: "Detector internals: ddm error_rate and best (p+s), page_hinkley cumulative, adwin width and mean.",
+    buckets: &[],
+    group: Group::Outcomes,
+};
+pub const ONLINE_UPDATES: MetricDef = MetricDef {
+    name: "tidewatch_online_model_updates_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &[],
+    help: "Gradient steps of the online model, one per judged prediction.",
+    buckets: &[],
+    group: Group::Outcomes,
+};
+pub const ONLINE_LAST_UPDATE: MetricDef = MetricDef {
+    name: "tidewatch_online_model_last_update_timestamp_seconds",
+    kind: MetricKind::Gauge,
+    unit: Some("seconds"),
+    labels: &[],
+    help: "When the online model last learnt, as a Unix timestamp.",
+    buckets: &[],
+    group: Group::Outcomes,
+};
+
 /// Every metric in the workspace, in the order `METRICS.md` lists them.
 pub const ALL: &[&MetricDef] = &[
     &HTTP_SERVER_REQUEST_DURATION,
@@ -861,6 +949,15 @@ pub const ALL: &[&MetricDef] = &[
     &OPEN_WINDOWS,
     &WATERMARK,
     &REPLAYED_MESSAGES,
+    &PREDICTION_OUTCOMES,
+    &PREDICTION_ROLLING_SCORE,
+    &PENDING_PREDICTIONS,
+    &PENDING_DROPPED,
+    &DRIFT_EVENTS,
+    &DRIFT_STATE,
+    &DRIFT_STATISTIC,
+    &ONLINE_UPDATES,
+    &ONLINE_LAST_UPDATE,
 ];
 
 /// Looks a metric up by the name it has in the Prometheus exposition (histogram series

@@ -1,0 +1,461 @@
+//! `prediction-consumer`: model features (`features.1m`) become predictions (`predictions`),
+//! and each prediction is judged when the market has shown what happened over its horizon:
+//! the features of the bar `horizon` minutes later carry the realised volatility the model
+//! was trained to foresee (`vol_5m` over the five returns after the predicted bar). From the
+//! judgements: confusion matrices and rolling scores per variant, drift detectors over the
+//! error stream and an input feature, and an online model that learns from every outcome.
+
+pub mod online;
+pub mod scores;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use metrics::{Counter, Gauge, Histogram};
+use tidewatch_kafka::service::StageArgs;
+use tidewatch_kafka::stage::{Input, Outcome, Processor};
+use tidewatch_kafka::Record;
+use tidewatch_model::drift::{Adwin, Ddm, Level, PageHinkley};
+use tidewatch_model::{Model, Variant};
+use tidewatch_schema::{FeatureRecord, PredictionRecord, TOPIC_FEATURES, TOPIC_PREDICTIONS};
+use tidewatch_telemetry::{catalog, TelemetryArgs};
+
+use crate::online::OnlineModel;
+use crate::scores::RollingScore;
+
+pub const SERVICE: &str = "prediction-consumer";
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "prediction-consumer",
+    version,
+    about = "Predicts volatility spikes from streamed features and learns from the outcomes"
+)]
+pub struct Settings {
+    /// Address of the ops server (/metrics, /health).
+    #[arg(long = "listen", env = "LISTEN_ADDR", default_value = "0.0.0.0:8001")]
+    pub listen: SocketAddr,
+    #[arg(long, env = "INPUT_TOPIC", default_value = TOPIC_FEATURES)]
+    pub input_topic: String,
+    #[arg(long, env = "OUTPUT_TOPIC", default_value = TOPIC_PREDICTIONS)]
+    pub output_topic: String,
+    #[arg(
+        long = "model",
+        env = "MODEL_PATH",
+        default_value = "models/volatility-spike.json"
+    )]
+    pub model_path: PathBuf,
+    /// The static model's variant whose predictions are published and watched for drift.
+    #[arg(long, env = "MODEL_VARIANT", default_value = "ml", value_parser = parse_variant)]
+    pub variant: Variant,
+    /// Predictions held while waiting for their outcome, at most (oldest dropped beyond).
+    #[arg(long, env = "MAX_PENDING", default_value_t = 10_000)]
+    pub max_pending: usize,
+    /// Step size of the online model's gradient updates.
+    #[arg(long, env = "ONLINE_LEARNING_RATE", default_value_t = 0.01)]
+    pub online_learning_rate: f64,
+    #[command(flatten)]
+    pub stage: StageArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+fn parse_variant(s: &str) -> Result<Variant, String> {
+    s.parse()
+}
+
+impl Settings {
+    pub fn public_view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "listen": self.listen.to_string(),
+            "input_topic": self.input_topic,
+            "output_topic": self.output_topic,
+            "model_path": self.model_path,
+            "variant": self.variant.as_str(),
+            "max_pending": self.max_pending,
+            "online_learning_rate": self.online_learning_rate,
+            "stage": self.stage,
+            "telemetry": self.telemetry,
+        })
+    }
+}
+
+/// A prediction waiting for its outcome.
+#[derive(Debug, Clone)]
+struct Pending {
+    bar_start_ms: i64,
+    /// Spike predicted by ml, baseline and the online model.
+    predicted: [bool; 3],
+    inputs: [f64; 6],
+}
+
+const VARIANTS: [&str; 3] = ["ml", "baseline", "online"];
+
+/// One drift detector with its metrics.
+struct Watched<D> {
+    name: &'static str,
+    detector: D,
+    level: Level,
+    warning: Counter,
+    drift: Counter,
+    state: Gauge,
+}
+
+impl<D> Watched<D> {
+    fn new(name: &'static str, detector: D) -> Self {
+        let event = |level| {
+            let c = catalog::DRIFT_EVENTS.counter(&[("detector", name), ("level", level)]);
+            c.absolute(0);
+            c
+        };
+        let state = catalog::DRIFT_STATE.gauge(&[("detector", name)]);
+        state.set(0.0);
+        Self {
+            name,
+            detector,
+            level: Level::Stable,
+            warning: event("warning"),
+            drift: event("drift"),
+            state,
+        }
+    }
+
+    fn observe(&mut self, level: Level) {
+        if level != self.level {
+            match level {
+                Level::Warning => self.warning.increment(1),
+                Level::Drift => {
+                    self.drift.increment(1);
+                    tracing::warn!(detector = self.name, "drift detected");
+                }
+                Level::Stable => {}
+            }
+        }
+        self.level = level;
+        self.state.set(match level {
+            Level::Stable => 0.0,
+            Level::Warning => 1.0,
+            Level::Drift => 2.0,
+        });
+    }
+
+    fn statistic(&self, statistic: &str, value: f64) {
+        catalog::DRIFT_STATISTIC
+            .gauge(&[("detector", self.name), ("statistic", statistic)])
+            .set(value);
+    }
+}
+
+/// Drift detection over the published variant's errors and over an input feature.
+pub struct DriftMonitor {
+    ddm: Watched<Ddm>,
+    page_hinkley: Watched<PageHinkley>,
+    adwin_error: Watched<Adwin>,
+    adwin_volatility: Watched<Adwin>,
+}
+
+impl std::fmt::Debug for DriftMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriftMonitor").finish_non_exhaustive()
+    }
+}
+
+impl Default for DriftMonitor {
+    fn default() -> Self {
+        Self {
+            ddm: Watched::new("ddm", Ddm::default()),
+            page_hinkley: Watched::new("page_hinkley", PageHinkley::default()),
+            adwin_error: Watched::new("adwin_error", Adwin::default()),
+            adwin_volatility: Watched::new("adwin_volatility", Adwin::default()),
+        }
+    }
+}
+
+impl DriftMonitor {
+    pub fn error(&mut self, error: bool) {
+        let level = self.ddm.detector.update(error);
+        self.ddm.observe(level);
+        let (p, best) = self.ddm.detector.statistics();
+        self.ddm.statistic("error_rate", p);
+        self.ddm.statistic("best", best);
+        let level = self
+            .page_hinkley
+            .detector
+            .update(f64::from(u8::from(error)));
+        self.page_hinkley.observe(level);
+        self.page_hinkley
+            .statistic("cumulative", self.page_hinkley.detector.statistic());
+        let level = self.adwin_error.detector.update(f64::from(u8::from(error)));
+        self.adwin_error.observe(level);
+        self.adwin_error
+            .statistic("width", self.adwin_error.detector.width() as f64);
+        self.adwin_error
+            .statistic("mean", self.adwin_error.detector.mean());
+    }
+
+    /// An input feature, scaled to about [0, 1] (ADWIN's bound assumes bounded values).
+    pub fn input(&mut self, value: f64) {
+        let level = self.adwin_volatility.detector.update(value.clamp(0.0, 1.0));
+        self.adwin_volatility.observe(level);
+        self.adwin_volatility
+            .statistic("width", self.adwin_volatility.detector.width() as f64);
+        self.adwin_volatility
+            .statistic("mean", self.adwin_volatility.detector.mean());
+    }
+
+    /// Drift signals of DDM so far (for tests and status).
+    pub fn ddm_level(&self) -> Level {
+        self.ddm.level
+    }
+}
+
+/// The stage's logic.
+pub struct PredictionConsumer {
+    output_topic: String,
+    model: Model,
+    variant: Variant,
+    horizon_minutes: u64,
+    spike_threshold: f64,
+    online: OnlineModel,
+    pending: HashMap<String, VecDeque<Pending>>,
+    pending_total: usize,
+    max_pending: usize,
+    scores: [RollingScore; 3],
+    drift: DriftMonitor,
+    drift_events: u64,
+    metrics: ConsumerMetrics,
+}
+
+struct ConsumerMetrics {
+    served: [(Counter, Counter); 2],
+    probability: [Histogram; 2],
+    pending: Gauge,
+    dropped_full: Counter,
+    dropped_gap: Counter,
+    updates: Counter,
+    last_update: Gauge,
+}
+
+impl std::fmt::Debug for PredictionConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PredictionConsumer")
+            .field("variant", &self.variant)
+            .field("pending", &self.pending_total)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PredictionConsumer {
+    pub fn new(settings: &Settings, model: Model) -> anyhow::Result<Self> {
+        let training = &model.artifact().training;
+        // The outcome is read from the judging bar's vol_5m: five returns after the bar.
+        anyhow::ensure!(
+            training.horizon_minutes == 5,
+            "the model's horizon is {} minutes; outcomes can only be judged for 5",
+            training.horizon_minutes
+        );
+        let version = model.artifact().version.clone();
+        let served = [settings.variant.as_str(), "online"].map(|v| {
+            let c = |o| {
+                let c = catalog::PREDICTIONS.counter(&[
+                    ("model", &version),
+                    ("variant", v),
+                    ("outcome", o),
+                ]);
+                c.absolute(0);
+                c
+            };
+            (c("spike"), c("no_spike"))
+        });
+        let probability = [settings.variant.as_str(), "online"]
+            .map(|v| catalog::PREDICTION_PROBABILITY.histogram(&[("variant", v)]));
+        let metrics = ConsumerMetrics {
+            served,
+            probability,
+            pending: catalog::PENDING_PREDICTIONS.gauge(&[]),
+            dropped_full: catalog::PENDING_DROPPED.counter(&[("reason", "full")]),
+            dropped_gap: catalog::PENDING_DROPPED.counter(&[("reason", "gap")]),
+            updates: catalog::ONLINE_UPDATES.counter(&[]),
+            last_update: catalog::ONLINE_LAST_UPDATE.gauge(&[]),
+        };
+        for c in [
+            &metrics.dropped_full,
+            &metrics.dropped_gap,
+            &metrics.updates,
+        ] {
+            c.absolute(0);
+        }
+        Ok(Self {
+            output_topic: settings.output_topic.clone(),
+            horizon_minutes: training.horizon_minutes,
+            spike_threshold: training.spike_threshold,
+            online: OnlineModel::from_static(&model, settings.online_learning_rate),
+            model,
+            variant: settings.variant,
+            pending: HashMap::new(),
+            pending_total: 0,
+            max_pending: settings.max_pending.max(1),
+            scores: VARIANTS.map(RollingScore::new),
+            drift: DriftMonitor::default(),
+            drift_events: 0,
+            metrics,
+        })
+    }
+
+    pub fn scores(&self, variant: &str) -> Option<scores::Scores> {
+        VARIANTS
+            .iter()
+            .position(|v| *v == variant)
+            .map(|i| self.scores[i].scores())
+    }
+
+    pub fn drift(&self) -> &DriftMonitor {
+        &self.drift
+    }
+
+    pub fn online_updates(&self) -> u64 {
+        self.online.updates()
+    }
+
+    /// Judges this symbol's pending predictions that `f` (a later bar) decides.
+    fn judge(&mut self, f: &FeatureRecord) {
+        let interval_ms = i64::from(f.interval_seconds) * 1000;
+        let target = f.bar_start_ms - self.horizon_minutes as i64 * interval_ms;
+        let actual = f.features.vol_5m > self.spike_threshold;
+        let Some(queue) = self.pending.get_mut(&f.symbol) else {
+            return;
+        };
+        let mut judged = None;
+        while let Some(front) = queue.front() {
+            if front.bar_start_ms > target {
+                break;
+            }
+            let p = queue.pop_front().expect("front exists");
+            self.pending_total -= 1;
+            if p.bar_start_ms == target {
+                judged = Some(p);
+            } else {
+                // Its judging bar never came (a gap in the symbol's bars).
+                self.metrics.dropped_gap.increment(1);
+            }
+        }
+        let Some(p) = judged else {
+            return;
+        };
+        for (score, predicted) in self.scores.iter_mut().zip(p.predicted) {
+            score.record(predicted, actual);
+        }
+        let published = usize::from(self.variant == Variant::Baseline);
+        self.drift.error(p.predicted[published] != actual);
+        if self.drift.ddm_level() == Level::Drift {
+            self.drift_events += 1;
+        }
+        self.online.learn(&p.inputs, actual);
+        self.metrics.updates.increment(1);
+        self.metrics.last_update.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+    }
+
+    fn hold(&mut self, symbol: &str, pending: Pending) {
+        if self.pending_total >= self.max_pending {
+            // Drop the oldest prediction of all symbols.
+            let oldest = self
+                .pending
+                .iter()
+                .filter_map(|(s, q)| q.front().map(|p| (p.bar_start_ms, s.clone())))
+                .min();
+            if let Some((_, s)) = oldest {
+                if let Some(q) = self.pending.get_mut(&s) {
+                    q.pop_front();
+                    self.pending_total -= 1;
+                    self.metrics.dropped_full.increment(1);
+                }
+            }
+        }
+        self.pending
+            .entry(symbol.to_owned())
+            .or_default()
+            .push_back(pending);
+        self.pending_total += 1;
+    }
+}
+
+impl Processor for PredictionConsumer {
+    async fn process(&mut self, input: &Input<'_>) -> Outcome {
+        let f: FeatureRecord = match serde_json::from_slice(input.payload) {
+            Ok(f) => f,
+            Err(e) => {
+                return Outcome::DeadLetter {
+                    error_code: "malformed_features",
+                    reason: format!("not a feature record: {e}"),
+                }
+            }
+        };
+        if f.features.to_array().iter().any(|v| !v.is_finite()) {
+            return Outcome::DeadLetter {
+                error_code: "invalid_features",
+                reason: "a feature is not a finite number".to_owned(),
+            };
+        }
+        self.judge(&f);
+        self.drift
+            .input((f.features.vol_5m / (4.0 * self.spike_threshold)).min(1.0));
+        let ml = self.model.predict(Variant::Ml, &f.features);
+        let baseline = self.model.predict(Variant::Baseline, &f.features);
+        let inputs = self.model.inputs(&f.features);
+        let (online_p, online_spike) = self.online.predict(&inputs);
+        let published = if self.variant == Variant::Ml {
+            ml
+        } else {
+            baseline
+        };
+        for (i, (p, spike)) in [
+            (published.probability, published.spike),
+            (online_p, online_spike),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (yes, no) = &self.metrics.served[i];
+            if spike { yes } else { no }.increment(1);
+            self.metrics.probability[i].record(p);
+        }
+        self.hold(
+            &f.symbol,
+            Pending {
+                bar_start_ms: f.bar_start_ms,
+                predicted: [ml.spike, baseline.spike, online_spike],
+                inputs,
+            },
+        );
+        self.metrics.pending.set(self.pending_total as f64);
+        let record = PredictionRecord {
+            symbol: f.symbol.clone(),
+            bar_start_ms: f.bar_start_ms,
+            bar_end_ms: f.bar_end_ms,
+            horizon_minutes: self.horizon_minutes,
+            model_version: self.model.artifact().version.clone(),
+            variant: self.variant.as_str().to_owned(),
+            probability: published.probability,
+            spike: published.spike,
+            online_probability: online_p,
+            online_spike,
+        };
+        match serde_json::to_vec(&record) {
+            Ok(payload) => Outcome::Emit(vec![Record::new(
+                &self.output_topic,
+                Some(f.symbol.into_bytes()),
+                payload,
+            )]),
+            Err(e) => Outcome::DeadLetter {
+                error_code: "encode_failed",
+                reason: e.to_string(),
+            },
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The consumer's judgement of its predictions, in process on simulated features: the rolling
+//! scores equal a recomputation from the predictions it published and the outcomes the
+//! later bars show; a regime switch in the market makes DDM reach drift within a bound.
+
+use std::collections::HashMap;
+
+use clap::Parser as _;
+use prediction_consumer::{PredictionConsumer, Settings};
+use tidewatch_kafka::stage::{Input, Outcome, Processor};
+use tidewatch_market_sim::{Market, MarketConfig, Regime};
+use tidewatch_model::drift::Level;
+use tidewatch_model::features::{Bar, FeatureBuilder};
+use tidewatch_model::Model;
+use tidewatch_schema::{FeatureRecord, PredictionRecord};
+
+const MINUTE: i64 = 60_000;
+
+fn model() -> Model {
+    Model::load(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/volatility-spike.json"
+        )
+        .as_ref(),
+    )
+    .expect("artifact")
+}
+
+/// One minute of the market as feature records (symbols past warm-up).
+fn minute(
+    market: &mut Market,
+    builders: &mut HashMap<String, FeatureBuilder>,
+) -> Vec<FeatureRecord> {
+    let start = market.now_ms();
+    let mut bars: HashMap<&str, Bar> = HashMap::new();
+    for t in market.next_minute() {
+        match bars.get_mut(t.symbol) {
+            Some(b) => b.add(t.price, t.size),
+            None => {
+                bars.insert(t.symbol, Bar::open_at(start, t.price, t.size));
+            }
+        }
+    }
+    let mut out: Vec<FeatureRecord> = bars
+        .into_iter()
+        .filter_map(|(symbol, bar)| {
+            let features = builders.entry(symbol.to_owned()).or_default().push(&bar)?;
+            Some(FeatureRecord {
+                symbol: symbol.to_owned(),
+                interval_seconds: 60,
+                bar_start_ms: start,
+                bar_end_ms: start + MINUTE,
+                close: bar.close,
+                features,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.symbol.cmp(&b.symbol));
+    out
+}
+
+async fn feed(consumer: &mut PredictionConsumer, f: &FeatureRecord) -> PredictionRecord {
+    let payload = serde_json::to_vec(f).expect("encode");
+    let input = Input {
+        payload: &payload,
+        ..Input::default()
+    };
+    match consumer.process(&input).await {
+        Outcome::Emit(records) => serde_json::from_slice(&records[0].payload).expect("prediction"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn rolling_scores_equal_a_recomputation_from_predictions_and_outcomes() {
+    let settings = Settings::try_parse_from(["prediction-consumer"]).expect("settings");
+    let threshold = model().artifact().training.spike_threshold;
+    let mut consumer = PredictionConsumer::new(&settings, model()).expect("consumer");
+    let mut market = Market::new(&MarketConfig::new(21));
+    let mut builders = HashMap::new();
+    let mut published: HashMap<(String, i64), bool> = HashMap::new();
+    let mut judged: Vec<(bool, bool)> = Vec::new();
+    for _ in 0..400 {
+        for f in minute(&mut market, &mut builders) {
+            // The outcome of the prediction made five bars ago, from this bar's features.
+            if let Some(predicted) = published.get(&(f.symbol.clone(), f.bar_start_ms - 5 * MINUTE))
+            {
+                judged.push((*predicted, f.features.vol_5m > threshold));
+            }
+            let p = feed(&mut consumer, &f).await;
+            assert_eq!(
+                (p.symbol.as_str(), p.bar_start_ms),
+                (f.symbol.as_str(), f.bar_start_ms)
+            );
+            published.insert((p.symbol, p.bar_start_ms), p.spike);
+        }
+    }
+    assert!(judged.len() > 1_000, "{} judged", judged.len());
+    let recent = &judged[judged.len() - prediction_consumer::scores::WINDOW..];
+    let mut counts = [0u64; 4];
+    for (p, a) in recent {
+        counts[match (p, a) {
+            (true, true) => 0,
+            (true, false) => 1,
+            (false, true) => 2,
+            (false, false) => 3,
+        }] += 1;
+    }
+    let want = prediction_consumer::scores::Scores::from_counts(counts);
+    assert_eq!(consumer.scores("ml"), Some(want));
+    assert!(
+        want.accuracy > 0.7 && want.f1 > 0.2,
+        "the model is useful here: {want:?}"
+    );
+    assert!(
+        consumer.online_updates() as usize == judged.len(),
+        "one online step per judgement"
+    );
+}
+
+#[tokio::test]
+async fn a_switch_to_a_turbulent_market_makes_ddm_reach_drift() {
+    let settings = Settings::try_parse_from(["prediction-consumer"]).expect("settings");
+    let mut consumer = PredictionConsumer::new(&settings, model()).expect("consumer");
+    let mut market = Market::new(&MarketConfig::new(33));
+    let mut builders = HashMap::new();
+    let mut outcomes_before = 0;
+    // A calm market for four hours: the model is rarely wrong.
+    for _ in 0..240 {
+        market.force_regime(Regime::Calm);
+        for f in minute(&mut market, &mut builders) {
+            feed(&mut consumer, &f).await;
+            outcomes_before += 1;
+        }
+        assert_ne!(
+            consumer.drift().ddm_level(),
+            Level::Drift,
+            "no drift while calm"
+        );
+    }
+    // The generator's admin switch: turbulent from now on.
+    let mut after = 0;
+    let mut drifted_at = None;
+    for _ in 0..120 {
+        market.force_regime(Regime::Turbulent);
+        for f in minute(&mut market, &mut builders) {
+            feed(&mut consumer, &f).await;
+            after += 1;
+            if drifted_at.is_none() && consumer.drift().ddm_level() == Level::Drift {
+                drifted_at = Some(after);
+            }
+        }
+    }
+    let at = drifted_at.expect("DDM reached drift after the switch");
+    eprintln!("DDM drift {at} predictions after the switch ({outcomes_before} before)");
+    assert!(
+        at <= 300,
+        "drift within 300 predictions of the switch (50 minutes of 6 symbols): {at}"
+    );
+}
