@@ -64,6 +64,7 @@ async fn every_trade_is_in_a_bar_or_dead_lettered_once_across_stage_crashes() {
         topic("bars"),
         topic("features"),
     );
+    let predictions = topic("predictions");
     let env = [
         ("KAFKA_BROKERS", brokers.as_str()),
         ("DATABASE_URL", database.as_str()),
@@ -121,7 +122,27 @@ async fn every_trade_is_in_a_bar_or_dead_lettered_once_across_stage_crashes() {
         &env,
     )
     .expect("aggregate starts");
-    for s in [&normalize, &enrich, &aggregate] {
+    let consumer = Service::start(
+        "prediction-consumer",
+        &[
+            "--input-topic",
+            &features,
+            "--output-topic",
+            &predictions,
+            "--group-id",
+            &group("consumer"),
+            "--group-instance-id",
+            "consumer-0",
+            "--model",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../models/volatility-spike.json"
+            ),
+        ],
+        &env,
+    )
+    .expect("prediction-consumer starts");
+    for s in [&normalize, &enrich, &aggregate, &consumer] {
         s.wait_ready(Duration::from_secs(90))
             .await
             .expect("stage ready");
@@ -336,6 +357,25 @@ async fn every_trade_is_in_a_bar_or_dead_lettered_once_across_stage_crashes() {
         }
     }
 
+    // One prediction per feature vector, for the same bar.
+    let got_predictions = read(&predictions, want_features.len(), |_| true).await;
+    let predicted: HashSet<(String, i64)> = got_predictions
+        .iter()
+        .map(|m| {
+            let p: tidewatch_schema::PredictionRecord =
+                serde_json::from_slice(&m.payload).expect("prediction");
+            assert!(
+                (0.0..=1.0).contains(&p.probability) && (0.0..=1.0).contains(&p.online_probability)
+            );
+            (p.symbol, p.bar_start_ms)
+        })
+        .collect();
+    assert_eq!(
+        predicted,
+        want_features.keys().cloned().collect::<HashSet<_>>(),
+        "a prediction for every feature vector"
+    );
+
     // Dead letters of this run: exactly the planted ones, each once, with code and reason.
     let sources: HashSet<String> = [raw.clone(), normalized.clone(), enriched.clone()].into();
     let dead = read(DLQ_TOPIC, want_dlq.len(), move |m| {
@@ -397,6 +437,7 @@ async fn every_trade_is_in_a_bar_or_dead_lettered_once_across_stage_crashes() {
             vec![Group::Kafka, Group::Reference, Group::Anomaly],
         ),
         (&aggregate, vec![Group::Kafka, Group::Windowing]),
+        (&consumer, vec![Group::Kafka, Group::Outcomes]),
     ] {
         let text = stage.metrics().await.expect("metrics");
         for m in catalog::ALL.iter().filter(|m| groups.contains(&m.group)) {
@@ -420,5 +461,5 @@ async fn every_trade_is_in_a_bar_or_dead_lettered_once_across_stage_crashes() {
             tokio::task::block_in_place(|| s.terminate(Duration::from_secs(30))).expect("stops");
         assert!(status.success(), "{} exited with {status}", s.name);
     }
-    drop(enrich);
+    drop((enrich, consumer));
 }

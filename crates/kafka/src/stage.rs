@@ -89,6 +89,12 @@ pub trait Processor: Send {
     /// which holds back the partition's later messages, never reorders them.
     fn process(&mut self, input: &Input<'_>) -> impl Future<Output = Outcome> + Send;
 
+    /// The dead-letter codes this processor can return, so their series exist (at zero)
+    /// from the start: an alert on a rate needs the series before the first event.
+    fn error_codes(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Where `partition` resumes if the stage stops right after the message at `offset`
     /// and its outputs were acknowledged. Stateless stages resume at the next message.
     fn resume_position(&self, _partition: i32, offset: i64) -> Position {
@@ -179,6 +185,24 @@ impl StageMetrics {
         total.increment(bytes as u64);
     }
 
+    /// Creates the error and discard series at zero.
+    fn register(&self, codes: &[&'static str]) {
+        let s = self.stage;
+        for error_type in ["consume_failed", "produce_failed"].iter().chain(codes) {
+            catalog::COMPONENT_ERRORS
+                .counter(&[("stage", s), ("error_type", error_type)])
+                .absolute(0);
+        }
+        for code in codes {
+            catalog::DLQ_MESSAGES
+                .counter(&[("stage", s), ("error_code", code)])
+                .absolute(0);
+        }
+        catalog::COMPONENT_DISCARDED_EVENTS
+            .counter(&[("stage", s), ("intentional", "true")])
+            .absolute(0);
+    }
+
     fn error(&self, error_type: &'static str) {
         catalog::COMPONENT_ERRORS
             .counter(&[("stage", self.stage), ("error_type", error_type)])
@@ -235,6 +259,7 @@ pub async fn run<P: Processor>(
     tracing::info!(stage = config.stage, topic = %config.input_topic, group = %config.group_id, "consuming");
 
     let mut metrics = StageMetrics::new(config.stage);
+    metrics.register(processor.error_codes());
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
     let stop = shutdown.cancelled();
     tokio::pin!(stop);

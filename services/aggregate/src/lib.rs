@@ -170,6 +170,10 @@ impl Aggregate {
 }
 
 impl Processor for Aggregate {
+    fn error_codes(&self) -> &'static [&'static str] {
+        &["malformed_trade", "late_trade"]
+    }
+
     async fn process(&mut self, input: &Input<'_>) -> Outcome {
         let decoded: Result<EnrichedTrade, _> = serde_json::from_slice(input.payload);
         let windows = self.windows(input.partition);

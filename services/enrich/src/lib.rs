@@ -146,6 +146,10 @@ impl<S: InstrumentSource> Enrich<S> {
 }
 
 impl<S: InstrumentSource> Processor for Enrich<S> {
+    fn error_codes(&self) -> &'static [&'static str] {
+        &["malformed_trade", "unknown_symbol", "encode_failed"]
+    }
+
     async fn process(&mut self, input: &Input<'_>) -> Outcome {
         let trade: Trade = match serde_json::from_slice(input.payload) {
             Ok(t) => t,

@@ -386,6 +386,10 @@ impl PredictionConsumer {
 }
 
 impl Processor for PredictionConsumer {
+    fn error_codes(&self) -> &'static [&'static str] {
+        &["malformed_features", "invalid_features", "encode_failed"]
+    }
+
     async fn process(&mut self, input: &Input<'_>) -> Outcome {
         let f: FeatureRecord = match serde_json::from_slice(input.payload) {
             Ok(f) => f,
