@@ -96,7 +96,19 @@ async fn admin_controls_rate_regime_and_pause_behind_the_token() {
     .expect("sent");
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(status().await["records_per_second"], 1000);
-    let metrics = generator.metrics().await.expect("metrics");
+    // The publishing loop applies it at its next record.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = generator.metrics().await.expect("metrics");
+        if counter(&metrics, "tidewatch_generator_target_rate ") == 1000.0 {
+            break metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "target rate gauge never showed 1000"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(
         counter(&metrics, "tidewatch_generator_target_rate "),
         1000.0

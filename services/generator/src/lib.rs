@@ -456,6 +456,8 @@ async fn publish(
                 tokio::select! {
                     () = &mut sleep => break,
                     () = shutdown.cancelled() => break,
+                    // A new rate or a pause applies now, not after this wait.
+                    () = control.changed() => break,
                     Some((kind, ok)) = deliveries.next(), if !deliveries.is_empty() => record_outcome(kind, ok, &mut acked, &mut failed),
                 }
             }
