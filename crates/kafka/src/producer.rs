@@ -29,6 +29,19 @@ impl Record {
         }
     }
 
+    /// A record whose payload is `value` as JSON, keyed by `key`.
+    pub fn json(
+        topic: &str,
+        key: &str,
+        value: &impl serde::Serialize,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self::new(
+            topic,
+            Some(key.as_bytes().to_vec()),
+            serde_json::to_vec(value)?,
+        ))
+    }
+
     pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         self.headers.push((name.into(), value.into()));
         self

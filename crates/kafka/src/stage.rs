@@ -83,6 +83,16 @@ pub enum Outcome {
     Abandon,
 }
 
+impl Outcome {
+    /// The dead letter for an output that could not be serialised.
+    pub fn encode_failed(e: &serde_json::Error) -> Self {
+        Outcome::DeadLetter {
+            error_code: "encode_failed",
+            reason: format!("output could not be encoded: {e}"),
+        }
+    }
+}
+
 /// A stage's logic: it decides what each input becomes; the loop does the Kafka I/O.
 pub trait Processor: Send {
     /// Handles one message. May wait (enrich looks up reference data it has not cached),

@@ -171,7 +171,7 @@ impl Aggregate {
 
 impl Processor for Aggregate {
     fn error_codes(&self) -> &'static [&'static str] {
-        &["malformed_trade", "late_trade"]
+        &["malformed_trade", "late_trade", "encode_failed"]
     }
 
     async fn process(&mut self, input: &Input<'_>) -> Outcome {
@@ -215,24 +215,25 @@ impl Processor for Aggregate {
             self.metrics.duplicates.increment(1);
             self.metrics.discarded.increment(1);
         }
-        let mut records = Vec::with_capacity(closing.bars.len() + closing.features.len());
-        for bar in &closing.bars {
-            self.metrics.bars.increment(1);
-            records.push(Record::new(
-                &self.bars_topic,
-                Some(bar.symbol.clone().into_bytes()),
-                serde_json::to_vec(bar).unwrap_or_default(),
-            ));
+        self.metrics.bars.increment(closing.bars.len() as u64);
+        self.metrics
+            .features
+            .increment(closing.features.len() as u64);
+        let records: Result<Vec<Record>, _> = closing
+            .bars
+            .iter()
+            .map(|b| Record::json(&self.bars_topic, &b.symbol, b))
+            .chain(
+                closing
+                    .features
+                    .iter()
+                    .map(|f| Record::json(&self.features_topic, &f.symbol, f)),
+            )
+            .collect();
+        match records {
+            Ok(records) => Outcome::Emit(records),
+            Err(e) => Outcome::encode_failed(&e),
         }
-        for features in &closing.features {
-            self.metrics.features.increment(1);
-            records.push(Record::new(
-                &self.features_topic,
-                Some(features.symbol.clone().into_bytes()),
-                serde_json::to_vec(features).unwrap_or_default(),
-            ));
-        }
-        Outcome::Emit(records)
     }
 
     fn resume_position(&self, partition: i32, offset: i64) -> Position {

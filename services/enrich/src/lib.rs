@@ -184,20 +184,10 @@ impl<S: InstrumentSource> Processor for Enrich<S> {
             lot_size: instrument.lot_size,
             anomalies,
         };
-        let payload = match serde_json::to_vec(&enriched) {
-            Ok(p) => p,
-            Err(e) => {
-                return Outcome::DeadLetter {
-                    error_code: "encode_failed",
-                    reason: e.to_string(),
-                }
-            }
+        let mut record = match Record::json(&self.output_topic, &enriched.trade.symbol, &enriched) {
+            Ok(r) => r,
+            Err(e) => return Outcome::encode_failed(&e),
         };
-        let mut record = Record::new(
-            &self.output_topic,
-            Some(enriched.trade.symbol.into_bytes()),
-            payload,
-        );
         record.headers = input.headers_with_prefix(SIM_HEADER_PREFIX);
         Outcome::Emit(vec![record])
     }

@@ -241,6 +241,25 @@ pub struct Shared {
     pub settings: serde_json::Value,
 }
 
+impl Shared {
+    /// Publishes the loop's progress to `/v1/status`.
+    fn report(
+        &self,
+        published: &HashMap<&'static str, u64>,
+        failed: u64,
+        event_time_ms: Option<i64>,
+        regimes: &HashMap<&'static str, &'static str>,
+        finished: bool,
+    ) {
+        let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        p.published.clone_from(published);
+        p.failed = failed;
+        p.event_time_ms = event_time_ms;
+        p.regimes.clone_from(regimes);
+        p.finished = finished;
+    }
+}
+
 /// A built generator: topic present, producer connected, listener bound.
 pub struct Generator {
     listener: TcpListener,
@@ -492,11 +511,7 @@ async fn publish(
                 metrics.event_time.set(ev as f64 / 1e3);
             }
             regimes = update_regimes(&stream);
-            let mut p = shared.progress.lock().unwrap_or_else(|e| e.into_inner());
-            p.published.clone_from(&acked);
-            p.failed = failed;
-            p.event_time_ms = last_event;
-            p.regimes.clone_from(&regimes);
+            shared.report(&acked, failed, last_event, &regimes, false);
         }
     }
     while let Some((kind, ok)) = deliveries.next().await {
@@ -508,14 +523,7 @@ async fn publish(
     }
     metrics.rate.set(0.0);
     let total: u64 = acked.values().sum();
-    {
-        let mut p = shared.progress.lock().unwrap_or_else(|e| e.into_inner());
-        p.published.clone_from(&acked);
-        p.failed = failed;
-        p.event_time_ms = last_event;
-        p.regimes = regimes;
-        p.finished = true;
-    }
+    shared.report(&acked, failed, last_event, &regimes, true);
     tracing::info!(published = total, failed, "publishing finished");
     anyhow::ensure!(failed == 0, "{failed} records were not delivered");
     Ok(())

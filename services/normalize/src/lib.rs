@@ -110,9 +110,10 @@ impl Processor for Normalize {
         match decode_raw(input.payload, ingest) {
             Ok(trade) => {
                 self.observe(true);
-                let payload = serde_json::to_vec(&trade).unwrap_or_default();
-                let mut record =
-                    Record::new(&self.output_topic, Some(trade.symbol.into_bytes()), payload);
+                let mut record = match Record::json(&self.output_topic, &trade.symbol, &trade) {
+                    Ok(r) => r,
+                    Err(e) => return Outcome::encode_failed(&e),
+                };
                 record.headers = input.headers_with_prefix(SIM_HEADER_PREFIX);
                 Outcome::Emit(vec![record])
             }

@@ -450,16 +450,9 @@ impl Processor for PredictionConsumer {
             online_probability: online_p,
             online_spike,
         };
-        match serde_json::to_vec(&record) {
-            Ok(payload) => Outcome::Emit(vec![Record::new(
-                &self.output_topic,
-                Some(f.symbol.into_bytes()),
-                payload,
-            )]),
-            Err(e) => Outcome::DeadLetter {
-                error_code: "encode_failed",
-                reason: e.to_string(),
-            },
+        match Record::json(&self.output_topic, &f.symbol, &record) {
+            Ok(r) => Outcome::Emit(vec![r]),
+            Err(e) => Outcome::encode_failed(&e),
         }
     }
 }
