@@ -3,6 +3,8 @@
 //! - [`features`]: one-minute bars and the rolling features computed from them.
 //! - [`artifact`]: the versioned JSON artifact and its validation.
 //! - [`train`]: the reproducible trainer (simulated market, logistic regression, scores).
+//! - [`drift`]: DDM, Page-Hinkley and ADWIN as pure state machines; [`monitor`] runs them
+//!   together over a served model's errors and inputs, with their metrics.
 //!
 //! [`Model`] serves both variants from one artifact: `ml`, the trained logistic regression,
 //! and `baseline`, a volatility-ratio rule kept for comparison and rollback. Inference does
@@ -11,6 +13,7 @@
 pub mod artifact;
 pub mod drift;
 pub mod features;
+pub mod monitor;
 pub mod train;
 
 use serde::{Deserialize, Serialize};

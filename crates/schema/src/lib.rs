@@ -159,6 +159,27 @@ pub struct PredictionRecord {
     pub online_spike: bool,
 }
 
+pub const TOPIC_OUTCOMES: &str = "outcomes";
+
+/// What the market did over one prediction's horizon (`outcomes`), published by
+/// prediction-consumer when the bar `horizon_minutes` later arrives. Keyed like the
+/// prediction it judges, (symbol, bar_start_ms), so the two join in the database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeRecord {
+    pub symbol: String,
+    /// The predicted bar (the prediction's `bar_start_ms`).
+    pub bar_start_ms: i64,
+    pub horizon_minutes: u64,
+    /// The later bar whose features revealed the outcome.
+    pub judged_by_bar_start_ms: i64,
+    /// Realised volatility over the horizon (the judging bar's `vol_5m`).
+    pub realised_volatility: f64,
+    /// The model's spike threshold the volatility was compared with.
+    pub spike_threshold: f64,
+    /// Whether a spike really happened.
+    pub spike: bool,
+}
+
 /// The fields a rejection can name: a fixed set, so it can be a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Field {

@@ -17,9 +17,12 @@ use metrics::{Counter, Gauge, Histogram};
 use tidewatch_kafka::service::StageArgs;
 use tidewatch_kafka::stage::{Input, Outcome, Processor};
 use tidewatch_kafka::Record;
-use tidewatch_model::drift::{Adwin, Ddm, Level, PageHinkley};
+use tidewatch_model::monitor::DriftMonitor;
 use tidewatch_model::{Model, Variant};
-use tidewatch_schema::{FeatureRecord, PredictionRecord, TOPIC_FEATURES, TOPIC_PREDICTIONS};
+use tidewatch_schema::{
+    FeatureRecord, OutcomeRecord, PredictionRecord, TOPIC_FEATURES, TOPIC_OUTCOMES,
+    TOPIC_PREDICTIONS,
+};
 use tidewatch_telemetry::{catalog, TelemetryArgs};
 
 use crate::online::OnlineModel;
@@ -41,6 +44,9 @@ pub struct Settings {
     pub input_topic: String,
     #[arg(long, env = "OUTPUT_TOPIC", default_value = TOPIC_PREDICTIONS)]
     pub output_topic: String,
+    /// Where each prediction's observed outcome is published once its horizon has passed.
+    #[arg(long, env = "OUTCOMES_TOPIC", default_value = TOPIC_OUTCOMES)]
+    pub outcomes_topic: String,
     #[arg(
         long = "model",
         env = "MODEL_PATH",
@@ -72,6 +78,7 @@ impl Settings {
             "listen": self.listen.to_string(),
             "input_topic": self.input_topic,
             "output_topic": self.output_topic,
+            "outcomes_topic": self.outcomes_topic,
             "model_path": self.model_path,
             "variant": self.variant.as_str(),
             "max_pending": self.max_pending,
@@ -93,127 +100,10 @@ struct Pending {
 
 const VARIANTS: [&str; 3] = ["ml", "baseline", "online"];
 
-/// One drift detector with its metrics.
-struct Watched<D> {
-    name: &'static str,
-    detector: D,
-    level: Level,
-    warning: Counter,
-    drift: Counter,
-    state: Gauge,
-}
-
-impl<D> Watched<D> {
-    fn new(name: &'static str, detector: D) -> Self {
-        let event = |level| {
-            let c = catalog::DRIFT_EVENTS.counter(&[("detector", name), ("level", level)]);
-            c.absolute(0);
-            c
-        };
-        let state = catalog::DRIFT_STATE.gauge(&[("detector", name)]);
-        state.set(0.0);
-        Self {
-            name,
-            detector,
-            level: Level::Stable,
-            warning: event("warning"),
-            drift: event("drift"),
-            state,
-        }
-    }
-
-    fn observe(&mut self, level: Level) {
-        if level != self.level {
-            match level {
-                Level::Warning => self.warning.increment(1),
-                Level::Drift => {
-                    self.drift.increment(1);
-                    tracing::warn!(detector = self.name, "drift detected");
-                }
-                Level::Stable => {}
-            }
-        }
-        self.level = level;
-        self.state.set(match level {
-            Level::Stable => 0.0,
-            Level::Warning => 1.0,
-            Level::Drift => 2.0,
-        });
-    }
-
-    fn statistic(&self, statistic: &str, value: f64) {
-        catalog::DRIFT_STATISTIC
-            .gauge(&[("detector", self.name), ("statistic", statistic)])
-            .set(value);
-    }
-}
-
-/// Drift detection over the published variant's errors and over an input feature.
-pub struct DriftMonitor {
-    ddm: Watched<Ddm>,
-    page_hinkley: Watched<PageHinkley>,
-    adwin_error: Watched<Adwin>,
-    adwin_volatility: Watched<Adwin>,
-}
-
-impl std::fmt::Debug for DriftMonitor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DriftMonitor").finish_non_exhaustive()
-    }
-}
-
-impl Default for DriftMonitor {
-    fn default() -> Self {
-        Self {
-            ddm: Watched::new("ddm", Ddm::default()),
-            page_hinkley: Watched::new("page_hinkley", PageHinkley::default()),
-            adwin_error: Watched::new("adwin_error", Adwin::default()),
-            adwin_volatility: Watched::new("adwin_volatility", Adwin::default()),
-        }
-    }
-}
-
-impl DriftMonitor {
-    pub fn error(&mut self, error: bool) {
-        let level = self.ddm.detector.update(error);
-        self.ddm.observe(level);
-        let (p, best) = self.ddm.detector.statistics();
-        self.ddm.statistic("error_rate", p);
-        self.ddm.statistic("best", best);
-        let level = self
-            .page_hinkley
-            .detector
-            .update(f64::from(u8::from(error)));
-        self.page_hinkley.observe(level);
-        self.page_hinkley
-            .statistic("cumulative", self.page_hinkley.detector.statistic());
-        let level = self.adwin_error.detector.update(f64::from(u8::from(error)));
-        self.adwin_error.observe(level);
-        self.adwin_error
-            .statistic("width", self.adwin_error.detector.width() as f64);
-        self.adwin_error
-            .statistic("mean", self.adwin_error.detector.mean());
-    }
-
-    /// An input feature, scaled to about [0, 1] (ADWIN's bound assumes bounded values).
-    pub fn input(&mut self, value: f64) {
-        let level = self.adwin_volatility.detector.update(value.clamp(0.0, 1.0));
-        self.adwin_volatility.observe(level);
-        self.adwin_volatility
-            .statistic("width", self.adwin_volatility.detector.width() as f64);
-        self.adwin_volatility
-            .statistic("mean", self.adwin_volatility.detector.mean());
-    }
-
-    /// Drift signals of DDM so far (for tests and status).
-    pub fn ddm_level(&self) -> Level {
-        self.ddm.level
-    }
-}
-
 /// The stage's logic.
 pub struct PredictionConsumer {
     output_topic: String,
+    outcomes_topic: String,
     model: Model,
     variant: Variant,
     horizon_minutes: u64,
@@ -224,7 +114,6 @@ pub struct PredictionConsumer {
     max_pending: usize,
     scores: [RollingScore; 3],
     drift: DriftMonitor,
-    drift_events: u64,
     metrics: ConsumerMetrics,
 }
 
@@ -289,6 +178,7 @@ impl PredictionConsumer {
         }
         Ok(Self {
             output_topic: settings.output_topic.clone(),
+            outcomes_topic: settings.outcomes_topic.clone(),
             horizon_minutes: training.horizon_minutes,
             spike_threshold: training.spike_threshold,
             online: OnlineModel::from_static(&model, settings.online_learning_rate),
@@ -299,7 +189,6 @@ impl PredictionConsumer {
             max_pending: settings.max_pending.max(1),
             scores: VARIANTS.map(RollingScore::new),
             drift: DriftMonitor::default(),
-            drift_events: 0,
             metrics,
         })
     }
@@ -319,14 +208,13 @@ impl PredictionConsumer {
         self.online.updates()
     }
 
-    /// Judges this symbol's pending predictions that `f` (a later bar) decides.
-    fn judge(&mut self, f: &FeatureRecord) {
+    /// Judges this symbol's pending prediction that `f` (a later bar) decides, if any,
+    /// and returns the outcome to publish.
+    fn judge(&mut self, f: &FeatureRecord) -> Option<OutcomeRecord> {
         let interval_ms = i64::from(f.interval_seconds) * 1000;
         let target = f.bar_start_ms - self.horizon_minutes as i64 * interval_ms;
         let actual = f.features.vol_5m > self.spike_threshold;
-        let Some(queue) = self.pending.get_mut(&f.symbol) else {
-            return;
-        };
+        let queue = self.pending.get_mut(&f.symbol)?;
         let mut judged = None;
         while let Some(front) = queue.front() {
             if front.bar_start_ms > target {
@@ -341,17 +229,12 @@ impl PredictionConsumer {
                 self.metrics.dropped_gap.increment(1);
             }
         }
-        let Some(p) = judged else {
-            return;
-        };
+        let p = judged?;
         for (score, predicted) in self.scores.iter_mut().zip(p.predicted) {
             score.record(predicted, actual);
         }
         let published = usize::from(self.variant == Variant::Baseline);
         self.drift.error(p.predicted[published] != actual);
-        if self.drift.ddm_level() == Level::Drift {
-            self.drift_events += 1;
-        }
         self.online.learn(&p.inputs, actual);
         self.metrics.updates.increment(1);
         self.metrics.last_update.set(
@@ -359,6 +242,15 @@ impl PredictionConsumer {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
         );
+        Some(OutcomeRecord {
+            symbol: f.symbol.clone(),
+            bar_start_ms: p.bar_start_ms,
+            horizon_minutes: self.horizon_minutes,
+            judged_by_bar_start_ms: f.bar_start_ms,
+            realised_volatility: f.features.vol_5m,
+            spike_threshold: self.spike_threshold,
+            spike: actual,
+        })
     }
 
     fn hold(&mut self, symbol: &str, pending: Pending) {
@@ -406,7 +298,7 @@ impl Processor for PredictionConsumer {
                 reason: "a feature is not a finite number".to_owned(),
             };
         }
-        self.judge(&f);
+        let outcome = self.judge(&f);
         self.drift
             .input((f.features.vol_5m / (4.0 * self.spike_threshold)).min(1.0));
         let ml = self.model.predict(Variant::Ml, &f.features);
@@ -450,9 +342,17 @@ impl Processor for PredictionConsumer {
             online_probability: online_p,
             online_spike,
         };
+        let mut records = Vec::with_capacity(2);
         match Record::json(&self.output_topic, &f.symbol, &record) {
-            Ok(r) => Outcome::Emit(vec![r]),
-            Err(e) => Outcome::encode_failed(&e),
+            Ok(r) => records.push(r),
+            Err(e) => return Outcome::encode_failed(&e),
         }
+        if let Some(outcome) = outcome {
+            match Record::json(&self.outcomes_topic, &f.symbol, &outcome) {
+                Ok(r) => records.push(r),
+                Err(e) => return Outcome::encode_failed(&e),
+            }
+        }
+        Outcome::Emit(records)
     }
 }

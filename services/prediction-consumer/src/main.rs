@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
         settings.listen,
         &settings.stage,
         &settings.input_topic,
-        &[&settings.output_topic],
+        &[&settings.output_topic, &settings.outcomes_topic],
         telemetry,
     )
     .await?;

@@ -11,7 +11,7 @@ use tidewatch_market_sim::{Market, MarketConfig, Regime};
 use tidewatch_model::drift::Level;
 use tidewatch_model::features::{Bar, FeatureBuilder};
 use tidewatch_model::Model;
-use tidewatch_schema::{FeatureRecord, PredictionRecord};
+use tidewatch_schema::{FeatureRecord, OutcomeRecord, PredictionRecord};
 
 const MINUTE: i64 = 60_000;
 
@@ -59,14 +59,29 @@ fn minute(
     out
 }
 
-async fn feed(consumer: &mut PredictionConsumer, f: &FeatureRecord) -> PredictionRecord {
+/// The prediction made from `f`, and the outcome `f` revealed for an earlier prediction.
+async fn feed(
+    consumer: &mut PredictionConsumer,
+    f: &FeatureRecord,
+) -> (PredictionRecord, Option<OutcomeRecord>) {
     let payload = serde_json::to_vec(f).expect("encode");
     let input = Input {
         payload: &payload,
         ..Input::default()
     };
     match consumer.process(&input).await {
-        Outcome::Emit(records) => serde_json::from_slice(&records[0].payload).expect("prediction"),
+        Outcome::Emit(records) => {
+            assert!(records.len() <= 2, "a prediction and at most one outcome");
+            assert_eq!(records[0].topic, "predictions");
+            let outcome = records.get(1).map(|r| {
+                assert_eq!(r.topic, "outcomes");
+                serde_json::from_slice(&r.payload).expect("outcome")
+            });
+            (
+                serde_json::from_slice(&records[0].payload).expect("prediction"),
+                outcome,
+            )
+        }
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -83,11 +98,23 @@ async fn rolling_scores_equal_a_recomputation_from_predictions_and_outcomes() {
     for _ in 0..400 {
         for f in minute(&mut market, &mut builders) {
             // The outcome of the prediction made five bars ago, from this bar's features.
-            if let Some(predicted) = published.get(&(f.symbol.clone(), f.bar_start_ms - 5 * MINUTE))
-            {
-                judged.push((*predicted, f.features.vol_5m > threshold));
+            let judged_now = published
+                .get(&(f.symbol.clone(), f.bar_start_ms - 5 * MINUTE))
+                .map(|predicted| (*predicted, f.features.vol_5m > threshold));
+            if let Some(j) = judged_now {
+                judged.push(j);
             }
-            let p = feed(&mut consumer, &f).await;
+            let (p, outcome) = feed(&mut consumer, &f).await;
+            // The published outcome is exactly the judgement recomputed here.
+            assert_eq!(
+                outcome.map(|o| (o.symbol, o.bar_start_ms, o.judged_by_bar_start_ms, o.spike)),
+                judged_now.map(|(_, actual)| (
+                    f.symbol.clone(),
+                    f.bar_start_ms - 5 * MINUTE,
+                    f.bar_start_ms,
+                    actual
+                ))
+            );
             assert_eq!(
                 (p.symbol.as_str(), p.bar_start_ms),
                 (f.symbol.as_str(), f.bar_start_ms)
