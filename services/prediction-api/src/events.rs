@@ -41,6 +41,7 @@ pub struct ApiMetrics {
     variants: [VariantHandles; 2],
     validation: HashMap<&'static str, Counter>,
     variant_switches: Counter,
+    drift_resets: Counter,
 }
 
 impl std::fmt::Debug for ApiMetrics {
@@ -108,11 +109,13 @@ impl ApiMetrics {
                 })
                 .collect(),
             variant_switches: catalog::ADMIN_ACTIONS.counter(&[("action", "set_variant")]),
+            drift_resets: catalog::ADMIN_ACTIONS.counter(&[("action", "drift_reset")]),
         };
         for c in metrics.validation.values() {
             c.absolute(0);
         }
         metrics.variant_switches.absolute(0);
+        metrics.drift_resets.absolute(0);
         for v in &metrics.variants {
             v.spike.absolute(0);
             v.no_spike.absolute(0);
@@ -132,6 +135,7 @@ impl ApiMetrics {
             variants: [variant(), variant()],
             validation: HashMap::new(),
             variant_switches: Counter::noop(),
+            drift_resets: Counter::noop(),
         }
     }
 
@@ -173,5 +177,9 @@ impl ApiMetrics {
 
     pub fn variant_switched(&self) {
         self.variant_switches.increment(1);
+    }
+
+    pub fn drift_reset(&self) {
+        self.drift_resets.increment(1);
     }
 }

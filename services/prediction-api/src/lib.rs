@@ -1,7 +1,8 @@
 //! `prediction-api`: the volatility-spike model served over HTTP.
 //!
 //! - [`settings`]: flags and environment variables.
-//! - [`routes`]: handlers for prediction, model info and variant switch, system info.
+//! - [`routes`]: handlers for prediction, model info and variant switch, system info, and
+//!   drift over client-reported outcomes.
 //! - [`extract`] and [`error`]: JSON input whose every rejection is a 4xx naming the field.
 //! - [`state`]: the model, the active variant, the admin check.
 //! - [`events`]: business metrics, registered once.
@@ -62,6 +63,9 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::model::model_info))
         .routes(routes!(routes::model::set_variant))
         .routes(routes!(routes::system::system_info))
+        .routes(routes!(routes::drift::drift_status))
+        .routes(routes!(routes::drift::drift_update))
+        .routes(routes!(routes::drift::drift_reset))
         .with_state(state)
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();

@@ -1,9 +1,10 @@
 //! Shared request state: the loaded model, the active variant, the admin token, metrics.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use secrecy::SecretString;
+use tidewatch_model::monitor::DriftMonitor;
 use tidewatch_model::{Model, Variant};
 use tidewatch_telemetry::{BuildInfo, Metrics};
 use tidewatch_web::{AdminAuth, BodyLimit};
@@ -26,6 +27,8 @@ struct Inner {
     build: BuildInfo,
     process: Option<Metrics>,
     settings: PublicSettings,
+    /// Drift over the outcomes clients report (`POST /v1/drift/update`).
+    drift: Mutex<DriftMonitor>,
 }
 
 fn encode(v: Variant) -> u8 {
@@ -66,6 +69,7 @@ impl AppState {
                 build,
                 process,
                 settings,
+                drift: Mutex::default(),
             }),
         }
     }
@@ -103,6 +107,11 @@ impl AppState {
             .process
             .as_ref()
             .map_or(0, |m| m.uptime().as_secs())
+    }
+
+    /// The drift monitor; held only for one update or one read, never across an await.
+    pub fn drift(&self) -> MutexGuard<'_, DriftMonitor> {
+        self.inner.drift.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn settings(&self) -> &PublicSettings {

@@ -530,6 +530,9 @@ async fn openapi_documents_every_api_route_and_system_info_hides_the_token() {
         "/v1/model",
         "/v1/admin/model/variant",
         "/v1/system/info",
+        "/v1/drift/status",
+        "/v1/drift/update",
+        "/v1/admin/drift/reset",
     ] {
         assert!(paths.contains(path), "{path} missing from {paths:?}");
     }
@@ -580,6 +583,9 @@ async fn unknown_paths_collapse_into_one_route_label() {
         "/v1/model",
         "/v1/admin/model/variant",
         "/v1/system/info",
+        "/v1/drift/status",
+        "/v1/drift/update",
+        "/v1/admin/drift/reset",
         "/openapi.json",
         "/metrics",
         "/health",
@@ -754,4 +760,98 @@ async fn a_missing_model_artifact_stops_the_service_with_a_clear_message() {
         message.contains("/nonexistent/model.json") && message.contains("cannot start"),
         "{message}"
     );
+}
+
+#[tokio::test]
+async fn reported_outcomes_drive_the_drift_detectors_until_an_admin_resets_them() {
+    let app = spawn_app(Some("t")).await;
+    let (status, body) = app.get("/v1/drift/status").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["drift_detected"], false);
+    assert_eq!(body["samples"], 0);
+
+    // A model right 95% of the time, then wrong every other time. DDM starts afresh after
+    // signalling drift, so the signal is looked for in every answer.
+    let mut drift_at = None;
+    for i in 0..400 {
+        let wrong = if i < 200 { i % 20 == 0 } else { i % 2 == 0 };
+        let (status, body) = app
+            .post(
+                "/v1/drift/update",
+                &json!({"prediction": 1, "actual": if wrong { 0 } else { 1 }, "probability": 0.8}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let ddm_drift = body["detectors"]
+            .as_array()
+            .expect("detectors")
+            .iter()
+            .any(|d| d["detector"] == "ddm" && d["level"] == "drift");
+        if i < 200 {
+            assert_eq!(
+                body["drift_detected"], false,
+                "stable while the model is right: {body}"
+            );
+        } else if ddm_drift && drift_at.is_none() {
+            assert_eq!(body["drift_detected"], true);
+            drift_at = Some(i - 200);
+        }
+    }
+    let after = drift_at.expect("DDM reached drift after the model got worse");
+    assert!(after < 100, "DDM drift {after} outcomes after the change");
+    let (_, body) = app.get("/v1/drift/status").await;
+    assert_eq!(body["samples"], 400);
+    let text = app.metrics().await;
+    assert!(
+        counter_sum(
+            &text,
+            "tidewatch_drift_events_total",
+            &[("detector", "ddm"), ("level", "drift")]
+        ) >= 1.0,
+        "drift counted"
+    );
+
+    // Bad reports are refused by field and change nothing.
+    for (body, field) in [
+        (json!({"actual": 1, "probability": 0.5}), "prediction"),
+        (
+            json!({"prediction": 2, "actual": 1, "probability": 0.5}),
+            "prediction",
+        ),
+        (
+            json!({"prediction": 1, "actual": "yes", "probability": 0.5}),
+            "actual",
+        ),
+        (
+            json!({"prediction": 1, "actual": 0, "probability": 1.5}),
+            "probability",
+        ),
+        (json!({"prediction": 1, "actual": 0}), "probability"),
+    ] {
+        let (status, err) = app.post("/v1/drift/update", &body).await;
+        assert_eq!(status, 422, "{body} -> {err}");
+        assert_eq!(err["error"]["field"], field, "{body} -> {err}");
+    }
+    assert_eq!(app.get("/v1/drift/status").await.1["samples"], 400);
+
+    // The reset needs the token, then starts every detector afresh.
+    let refused = app
+        .client
+        .post(app.url("/v1/admin/drift/reset"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(refused.status().as_u16(), 401);
+    let reset = app
+        .client
+        .post(app.url("/v1/admin/drift/reset"))
+        .bearer_auth("t")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(reset.status().as_u16(), 200);
+    let body: Value = reset.json().await.expect("json");
+    assert_eq!(body["drift_detected"], false, "{body}");
+    assert_eq!(body["samples"], 0);
 }

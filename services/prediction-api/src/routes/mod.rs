@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per resource.
 
+pub mod drift;
 pub mod model;
 pub mod predict;
 pub mod system;
