@@ -9,14 +9,19 @@
 //! - [`context`]: librdkafka statistics turned into lag gauges (never logged), rebalances
 //!   and commits counted.
 //! - [`dlq`]: the one dead-letter topic and its headers; [`inspect`] reads a topic back.
+//! - [`sink`]: the at-least-once batch loop of a stage that writes to a store (the
+//!   projection into PostgreSQL): decode, write a batch atomically, retry while the store
+//!   is away, and only then store the offsets.
 //! - [`service`]: topics, ops server, health and shutdown around a stage: a stage binary is
-//!   its settings, its [`Processor`] and a call to [`service::StageService`].
+//!   its settings, its [`Processor`] (or [`sink::Sink`]) and a call to
+//!   [`service::StageService`].
 
 pub mod context;
 pub mod dlq;
 pub mod inspect;
 pub mod producer;
 pub mod service;
+pub mod sink;
 pub mod stage;
 
 use std::time::Duration;

@@ -1,15 +1,17 @@
 //! Everything a streaming stage binary does besides its own logic: topics at start, the ops
-//! HTTP server (`/metrics`, `/health*`), broker health, the stage loop, and shutdown.
+//! HTTP server (`/metrics`, `/health*`, and the service's own API if it has one), broker
+//! health, the stage loop or the batch sink loop, and shutdown.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tidewatch_telemetry::server::{instrument, ops_router, serve};
-use tidewatch_telemetry::{ComponentHealth, Criticality, Shutdown, Telemetry};
+use tidewatch_telemetry::{ComponentHealth, Criticality, HealthHandle, Shutdown, Telemetry};
 use tokio::net::TcpListener;
 
 use crate::dlq::DLQ_TOPIC;
+use crate::sink::{self, Sink, SinkConfig};
 use crate::stage::{self, Processor, StageConfig};
 use crate::{ensure_topics, KafkaArgs, Producer};
 
@@ -45,13 +47,30 @@ fn key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
+/// How a batch sink gathers and retries (see [`crate::sink`]).
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct BatchArgs {
+    /// Messages written per transaction, at most.
+    #[arg(long, env = "BATCH_MAX_MESSAGES", default_value_t = 1000)]
+    pub batch_max_messages: usize,
+    /// How long the first message of a batch waits for more, in milliseconds.
+    #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 200)]
+    pub batch_linger_ms: u64,
+    /// Longest pause between retries of a failing write, in milliseconds.
+    #[arg(long, env = "RETRY_MAX_BACKOFF_MS", default_value_t = 5000)]
+    pub retry_max_backoff_ms: u64,
+}
+
 /// A stage with its ops listener bound (port 0 works; [`StageService::local_addr`] tells).
 #[derive(Debug)]
 pub struct StageService {
     listener: TcpListener,
     telemetry: Telemetry,
-    config: StageConfig,
+    stage: &'static str,
+    args: StageArgs,
+    inputs: Vec<String>,
     producer: Producer,
+    api: Option<axum::Router>,
 }
 
 impl StageService {
@@ -64,7 +83,28 @@ impl StageService {
         output_topics: &[&str],
         telemetry: Telemetry,
     ) -> anyhow::Result<Self> {
-        let mut topics = vec![input_topic, DLQ_TOPIC];
+        Self::build_multi(
+            stage,
+            listen,
+            args,
+            &[input_topic],
+            output_topics,
+            telemetry,
+        )
+        .await
+    }
+
+    /// [`StageService::build`] for a service that reads several topics (a sink).
+    pub async fn build_multi(
+        stage: &'static str,
+        listen: SocketAddr,
+        args: &StageArgs,
+        input_topics: &[&str],
+        output_topics: &[&str],
+        telemetry: Telemetry,
+    ) -> anyhow::Result<Self> {
+        let mut topics = input_topics.to_vec();
+        topics.push(DLQ_TOPIC);
         topics.extend_from_slice(output_topics);
         ensure_topics(&args.kafka.brokers, &topics, args.kafka.topic_partitions)
             .await
@@ -78,30 +118,45 @@ impl StageService {
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        let config = StageConfig {
-            stage,
-            brokers: args.kafka.brokers.clone(),
-            group_id: args.group_id.clone().unwrap_or_else(|| stage.to_owned()),
-            input_topic: input_topic.to_owned(),
-            max_in_flight: args.max_in_flight.max(1),
-            session_timeout_ms: args.session_timeout_ms,
-            options: args
-                .group_instance_id
-                .iter()
-                .map(|id| ("group.instance.id".to_owned(), id.clone()))
-                .chain(args.consumer_options.iter().cloned())
-                .collect(),
-        };
         Ok(Self {
             listener,
             telemetry,
-            config,
+            stage,
+            args: args.clone(),
+            inputs: input_topics.iter().map(|t| (*t).to_owned()).collect(),
             producer,
+            api: None,
         })
+    }
+
+    /// Serves `api` (routes and their fallbacks) beside the ops endpoints, on the same port.
+    pub fn with_api(mut self, api: axum::Router) -> Self {
+        self.api = Some(api);
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    fn group_id(&self) -> String {
+        self.args
+            .group_id
+            .clone()
+            .unwrap_or_else(|| self.stage.to_owned())
+    }
+
+    fn consumer_options(&self) -> Vec<(String, String)> {
+        self.args
+            .group_instance_id
+            .iter()
+            .map(|id| ("group.instance.id".to_owned(), id.clone()))
+            .chain(self.args.consumer_options.iter().cloned())
+            .collect()
     }
 
     /// Runs the stage and its ops server until `shutdown`; returns the stage's outcome once
@@ -111,11 +166,65 @@ impl StageService {
         mut processor: P,
         shutdown: Shutdown,
     ) -> anyhow::Result<()> {
+        let config = StageConfig {
+            stage: self.stage,
+            brokers: self.args.kafka.brokers.clone(),
+            group_id: self.group_id(),
+            input_topic: self.inputs[0].clone(),
+            max_in_flight: self.args.max_in_flight.max(1),
+            session_timeout_ms: self.args.session_timeout_ms,
+            options: self.consumer_options(),
+        };
+        self.serve_around(shutdown.clone(), |producer, broker| async move {
+            stage::run(&config, &producer, &mut processor, &shutdown, &broker).await
+        })
+        .await
+    }
+
+    /// Runs a batch sink (see [`crate::sink`]) and the server until `shutdown`. The store's
+    /// health (component `store_name`, critical) follows the sink's writes.
+    pub async fn run_sink<S: Sink>(
+        self,
+        mut sink: S,
+        store_name: &'static str,
+        batch: &BatchArgs,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<()> {
+        let config = SinkConfig {
+            stage: self.stage,
+            brokers: self.args.kafka.brokers.clone(),
+            group_id: self.group_id(),
+            input_topics: self.inputs.clone(),
+            max_batch: batch.batch_max_messages,
+            linger: Duration::from_millis(batch.batch_linger_ms),
+            max_backoff: Duration::from_millis(batch.retry_max_backoff_ms.max(1)),
+            session_timeout_ms: self.args.session_timeout_ms,
+            options: self.consumer_options(),
+        };
+        let store = self.telemetry.health.handle(
+            store_name,
+            Criticality::Critical,
+            ComponentHealth::healthy("no write attempted yet"),
+        );
+        self.serve_around(shutdown.clone(), |producer, broker| async move {
+            sink::run(&config, &producer, &mut sink, &shutdown, &broker, &store).await
+        })
+        .await
+    }
+
+    /// Starts the server, runs `work` with the producer and the broker's health handle, and
+    /// stops the server once the work returned (it keeps answering while the work drains).
+    async fn serve_around<F, Fut>(self, shutdown: Shutdown, work: F) -> anyhow::Result<()>
+    where
+        F: FnOnce(Producer, HealthHandle) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
         let Self {
             listener,
             telemetry,
-            config,
             producer,
+            api,
+            ..
         } = self;
         telemetry.metrics.spawn_upkeep(shutdown.token());
         let broker = telemetry.health.handle(
@@ -124,14 +233,17 @@ impl StageService {
             ComponentHealth::degraded("connecting"),
         );
         tracing::info!(addr = %listener.local_addr()?, "listening");
-        // The ops server keeps answering while the stage drains, and stops with it.
         let server_stop = Shutdown::new();
-        let app = instrument(ops_router(telemetry.clone()));
+        let ops = ops_router(telemetry.clone());
+        let app = instrument(match api {
+            Some(api) => api.merge(ops),
+            None => ops,
+        });
         let server = tokio::spawn({
             let (telemetry, stop) = (telemetry.clone(), server_stop.clone());
             async move { serve(listener, app, &telemetry, stop, Duration::from_secs(5)).await }
         });
-        let outcome = stage::run(&config, &producer, &mut processor, &shutdown, &broker).await;
+        let outcome = work(producer, broker).await;
         if let Err(e) = &outcome {
             tracing::error!(error = format!("{e:#}"), "stage stopped on an error");
         }

@@ -59,6 +59,8 @@ pub enum Group {
     Windowing,
     /// Predictions judged by observed outcomes, drift, online learning (prediction-consumer).
     Outcomes,
+    /// PostgreSQL as a sink: pool, statements, rows, transactions (project).
+    Database,
 }
 
 impl Group {
@@ -77,6 +79,7 @@ impl Group {
             Group::Anomaly => "anomaly",
             Group::Windowing => "windowing",
             Group::Outcomes => "outcomes",
+            Group::Database => "database",
         }
     }
 }
@@ -161,6 +164,10 @@ const SIZE_BUCKETS: &[f64] = &[
 /// Model inference runs in microseconds.
 const INFERENCE_BUCKETS: &[f64] = &[
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3,
+];
+/// Database statements: a primary-key read is sub-millisecond, a batch upsert tens of ms.
+const DB_LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 const PROBABILITY_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
 
@@ -502,7 +509,7 @@ pub const COMPONENT_SENT_EVENTS: MetricDef = MetricDef {
     kind: MetricKind::Counter,
     unit: None,
     labels: &["stage", "topic"],
-    help: "Events a stage wrote and the broker acknowledged, by output topic.",
+    help: "Events a stage wrote and the broker acknowledged, by output topic (`postgresql` for rows the projection committed).",
     buckets: &[],
     group: Group::Kafka,
 };
@@ -511,7 +518,7 @@ pub const COMPONENT_SENT_BYTES: MetricDef = MetricDef {
     kind: MetricKind::Counter,
     unit: Some("bytes"),
     labels: &["stage", "topic"],
-    help: "Payload bytes a stage wrote and the broker acknowledged, by output topic.",
+    help: "Payload bytes a stage wrote and the broker acknowledged, by output topic (`postgresql`: payloads of the messages the projection committed).",
     buckets: &[],
     group: Group::Kafka,
 };
@@ -538,7 +545,7 @@ pub const COMPONENT_PROCESSING_DURATION: MetricDef = MetricDef {
     kind: MetricKind::Histogram,
     unit: Some("seconds"),
     labels: &["stage"],
-    help: "Time a stage spent turning one input event into its outputs.",
+    help: "Time a stage spent turning one input event into its outputs (for the projection: one batch written, retries included).",
     buckets: PROCESSING_BUCKETS,
     group: Group::Kafka,
 };
@@ -842,7 +849,7 @@ pub const DRIFT_EVENTS: MetricDef = MetricDef {
     kind: MetricKind::Counter,
     unit: None,
     labels: &["detector", "level"],
-    help: "Drift detector signals, by detector (ddm, page_hinkley, adwin_error, adwin_volatility) and level (warning, drift).",
+    help: "Drift detector signals, by detector (ddm, page_hinkley, adwin_error over the model's errors; adwin_input over an input: scaled vol_5m in prediction-consumer, reported probabilities in prediction-api) and level (warning, drift).",
     buckets: &[],
     group: Group::Outcomes,
 };
@@ -881,6 +888,63 @@ pub const ONLINE_LAST_UPDATE: MetricDef = MetricDef {
     help: "When the online model last learnt, as a Unix timestamp.",
     buckets: &[],
     group: Group::Outcomes,
+};
+
+// --- PostgreSQL as a sink (project) ---
+
+pub const DB_POOL_CONNECTIONS: MetricDef = MetricDef {
+    name: "tidewatch_db_pool_connections",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["state"],
+    help: "Connections in the pool by state (idle, in_use), sampled every second.",
+    buckets: &[],
+    group: Group::Database,
+};
+pub const DB_POOL_MAX_CONNECTIONS: MetricDef = MetricDef {
+    name: "tidewatch_db_pool_max_connections",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &[],
+    help: "The pool's configured size: in_use reaching it means requests wait for a connection.",
+    buckets: &[],
+    group: Group::Database,
+};
+pub const DB_QUERY_DURATION: MetricDef = MetricDef {
+    name: "tidewatch_db_query_duration_seconds",
+    kind: MetricKind::Histogram,
+    unit: Some("seconds"),
+    labels: &["statement"],
+    help: "Time of one statement, by statement name (a fixed set, e.g. upsert_bars, select_bars, commit).",
+    buckets: DB_LATENCY_BUCKETS,
+    group: Group::Database,
+};
+pub const DB_ROWS_WRITTEN: MetricDef = MetricDef {
+    name: "tidewatch_db_rows_written_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["table"],
+    help: "Rows inserted or changed by committed transactions, by table (rows a replay left as they were are not counted).",
+    buckets: &[],
+    group: Group::Database,
+};
+pub const DB_TRANSACTION_ERRORS: MetricDef = MetricDef {
+    name: "tidewatch_db_transaction_errors_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["error_type"],
+    help: "Write transactions that failed and were rolled back, by error type (connection: the database could not be reached; database: it refused the statement).",
+    buckets: &[],
+    group: Group::Database,
+};
+pub const DB_TRANSACTION_RETRIES: MetricDef = MetricDef {
+    name: "tidewatch_db_transaction_retries_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &[],
+    help: "Write transactions attempted again after a failure (with backoff, consumption paused).",
+    buckets: &[],
+    group: Group::Database,
 };
 
 /// Every metric in the workspace, in the order `METRICS.md` lists them.
@@ -958,6 +1022,12 @@ pub const ALL: &[&MetricDef] = &[
     &DRIFT_STATISTIC,
     &ONLINE_UPDATES,
     &ONLINE_LAST_UPDATE,
+    &DB_POOL_CONNECTIONS,
+    &DB_POOL_MAX_CONNECTIONS,
+    &DB_QUERY_DURATION,
+    &DB_ROWS_WRITTEN,
+    &DB_TRANSACTION_ERRORS,
+    &DB_TRANSACTION_RETRIES,
 ];
 
 /// Looks a metric up by the name it has in the Prometheus exposition (histogram series

@@ -1,0 +1,400 @@
+//! The at-least-once batch sink loop: consume from several topics, decode, write a batch to
+//! an external store in one go, and only then store the offsets.
+//!
+//! The stage loop ([`crate::stage`]) produces to Kafka message by message; a sink (the
+//! projection into PostgreSQL) gains most from writing many rows per transaction. Messages
+//! are gathered until the batch is full or the first of them has waited `linger`; bad ones
+//! are dead-lettered as they arrive. The batch is then written; if the write fails the loop
+//! stops consuming and retries the same batch with exponential backoff until it succeeds
+//! (or shutdown), with the sink's health unhealthy meanwhile. Offsets are stored only after
+//! the write succeeded and every dead letter of the batch was acknowledged, so a crash or a
+//! failed write replays messages, never loses them: the sink's writes must be idempotent.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::message::Headers as _;
+use rdkafka::{ClientConfig, Message as _};
+use tidewatch_telemetry::{catalog, ComponentHealth, HealthHandle, Shutdown};
+
+use crate::context::StageContext;
+use crate::dlq::{dead_letter, DLQ_TOPIC};
+use crate::producer::Producer;
+use crate::stage::Input;
+
+/// Why a message cannot become an item: a bounded code (a metric label and the dead
+/// letter's code) and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub code: &'static str,
+    pub reason: String,
+}
+
+/// A store written in batches. Writes must be idempotent: after a crash or a failed write
+/// the same items are written again.
+pub trait Sink: Send {
+    type Item: Send + Sync;
+
+    /// Decodes one message; a rejection sends it to the dead-letter topic.
+    fn decode(&self, input: &Input<'_>) -> Result<Self::Item, Rejected>;
+
+    /// Writes a batch atomically: all of it or, on error, none of it.
+    fn write(&mut self, items: &[Self::Item]) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// The rejection codes [`Sink::decode`] can return, so their series start at zero.
+    fn error_codes(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Stage name, the `stage` label of its metrics.
+    pub stage: &'static str,
+    pub brokers: String,
+    pub group_id: String,
+    pub input_topics: Vec<String>,
+    /// Messages per batch, at most.
+    pub max_batch: usize,
+    /// How long the first message of a batch waits for more.
+    pub linger: Duration,
+    /// Longest pause between two attempts of a failing write.
+    pub max_backoff: Duration,
+    pub session_timeout_ms: u32,
+    /// Extra librdkafka properties, applied last.
+    pub options: Vec<(String, String)>,
+}
+
+/// A message in the batch being gathered: where it came from and what it became.
+struct Gathered<T> {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    bytes: usize,
+    item: Option<T>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Runs the sink until `shutdown`; the batch in hand is written (retrying while the store
+/// is away, until shutdown) and its offsets committed before returning. `store_health`
+/// turns unhealthy while a write is failing, which makes the service unready.
+pub async fn run<S: Sink>(
+    config: &SinkConfig,
+    producer: &Producer,
+    sink: &mut S,
+    shutdown: &Shutdown,
+    broker_health: &HealthHandle,
+    store_health: &HealthHandle,
+) -> anyhow::Result<()> {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("client.id", config.stage)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "5000")
+        .set("session.timeout.ms", config.session_timeout_ms.to_string());
+    for (key, value) in &config.options {
+        client.set(key, value);
+    }
+    let consumer: StreamConsumer<StageContext> = client
+        .create_with_context(StageContext::new(broker_health.clone()))
+        .context("creating the Kafka consumer")?;
+    let topics: Vec<&str> = config.input_topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).context("subscribing")?;
+    tracing::info!(stage = config.stage, topics = ?config.input_topics, group = %config.group_id, "consuming");
+
+    let metrics = SinkMetrics::new(config.stage, sink.error_codes());
+    let stop = shutdown.cancelled();
+    tokio::pin!(stop);
+    let max_batch = config.max_batch.max(1);
+    let mut batch: Vec<Gathered<S::Item>> = Vec::with_capacity(max_batch);
+    let mut dead_letters = Vec::new();
+    let mut outcome = Ok(());
+    loop {
+        // Gather: until full, lingered long enough, or stopping.
+        let deadline = tokio::time::Instant::now() + config.linger;
+        let stopping = loop {
+            if batch.len() >= max_batch {
+                break false;
+            }
+            let received = tokio::select! {
+                biased;
+                () = &mut stop => break true,
+                () = tokio::time::sleep_until(deadline), if !batch.is_empty() => break false,
+                received = consumer.recv() => received,
+            };
+            // Assignment changes matter to stateful stages only; drain them.
+            drop(consumer.context().take_changes());
+            let message = match received {
+                Ok(m) => m,
+                Err(e) => {
+                    metrics.error("consume_failed");
+                    tracing::warn!(error = %e, "consume failed");
+                    continue;
+                }
+            };
+            let headers = message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key, h.value.unwrap_or_default()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let input = Input {
+                topic: message.topic(),
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key(),
+                payload: message.payload().unwrap_or_default(),
+                timestamp_ms: message.timestamp().to_millis(),
+                headers,
+            };
+            metrics.received(input.payload.len());
+            let item = match sink.decode(&input) {
+                Ok(item) => Some(item),
+                Err(Rejected { code, reason }) => {
+                    metrics.dead_lettered(code);
+                    tracing::debug!(
+                        topic = input.topic,
+                        partition = input.partition,
+                        offset = input.offset,
+                        code,
+                        "message dead-lettered"
+                    );
+                    dead_letters.push(producer.send(&dead_letter(
+                        config.stage,
+                        &input,
+                        code,
+                        &reason,
+                    )));
+                    None
+                }
+            };
+            batch.push(Gathered {
+                topic: input.topic.to_owned(),
+                partition: input.partition,
+                offset: input.offset,
+                timestamp_ms: input.timestamp_ms,
+                bytes: if item.is_some() {
+                    input.payload.len()
+                } else {
+                    0
+                },
+                item,
+            });
+        };
+        if !batch.is_empty() {
+            let flushed = flush(
+                sink,
+                &mut batch,
+                &mut dead_letters,
+                &consumer,
+                &metrics,
+                config.max_backoff,
+                shutdown,
+                store_health,
+            )
+            .await;
+            if let Err(e) = flushed {
+                outcome = Err(e);
+                break;
+            }
+        }
+        if stopping {
+            break;
+        }
+    }
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(())
+        | Err(rdkafka::error::KafkaError::ConsumerCommit(
+            rdkafka::types::RDKafkaErrorCode::NoOffset,
+        )) => {}
+        Err(e) => tracing::warn!(error = %e, "final commit failed"),
+    }
+    producer.flush(Duration::from_secs(10))?;
+    tracing::info!(stage = config.stage, "sink stopped, offsets committed");
+    outcome
+}
+
+/// Writes the batch (retrying until it succeeds or shutdown), waits for its dead letters,
+/// then stores the offsets. On shutdown during an outage the batch is left unstored: it is
+/// read again after restart.
+#[allow(clippy::too_many_arguments)]
+async fn flush<S: Sink>(
+    sink: &mut S,
+    batch: &mut Vec<Gathered<S::Item>>,
+    dead_letters: &mut Vec<
+        impl Future<Output = Result<usize, crate::producer::ProduceError>> + Send,
+    >,
+    consumer: &StreamConsumer<StageContext>,
+    metrics: &SinkMetrics,
+    max_backoff: Duration,
+    shutdown: &Shutdown,
+    store_health: &HealthHandle,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    // The items move out for the write; the batch keeps the positions to store.
+    let owned: Vec<S::Item> = batch.iter_mut().filter_map(|g| g.item.take()).collect();
+    let mut backoff = Duration::from_millis(100);
+    let mut attempt = 0u32;
+    while !owned.is_empty() {
+        match sink.write(&owned).await {
+            Ok(()) => {
+                if attempt > 0 {
+                    tracing::info!(
+                        attempts = attempt + 1,
+                        "store reachable again, batch written"
+                    );
+                }
+                store_health.set(ComponentHealth::healthy("writing"));
+                break;
+            }
+            Err(e) => {
+                attempt += 1;
+                metrics.error("write_failed");
+                store_health.set(ComponentHealth::unhealthy(format!(
+                    "writes failing, retrying: {e:#}"
+                )));
+                tracing::warn!(error = format!("{e:#}"), attempt, retry_in = ?backoff, "batch write failed; not consuming until it succeeds");
+                tokio::select! {
+                    () = shutdown.cancelled() => {
+                        anyhow::bail!("stopping while the store is unreachable: {} messages left for after restart", batch.len());
+                    }
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(max_backoff);
+            }
+        }
+    }
+    for delivery in dead_letters.drain(..) {
+        delivery.await.map_err(|e| {
+            metrics.error("produce_failed");
+            anyhow::Error::new(e)
+                .context("a dead letter was not delivered; stopping without storing its offset")
+        })?;
+    }
+    // The next offset of every partition in the batch.
+    let mut next: HashMap<(&str, i32), i64> = HashMap::new();
+    let mut newest_ts = None;
+    for g in batch.iter() {
+        let e = next.entry((&g.topic, g.partition)).or_insert(g.offset + 1);
+        *e = (*e).max(g.offset + 1);
+        newest_ts = newest_ts.max(g.timestamp_ms);
+    }
+    for ((topic, partition), offset) in next {
+        // After a rebalance the partition may belong to another member, which writes the
+        // same rows again: idempotent writes make that harmless.
+        if let Err(e) = consumer.store_offset(topic, partition, offset - 1) {
+            tracing::debug!(error = %e, partition, "offset not stored");
+        }
+    }
+    let bytes = batch.iter().map(|g| g.bytes).sum();
+    metrics.written(batch.len(), owned.len(), bytes, start.elapsed(), newest_ts);
+    batch.clear();
+    Ok(())
+}
+
+struct SinkMetrics {
+    stage: &'static str,
+    received: metrics::Counter,
+    received_bytes: metrics::Counter,
+    sent: metrics::Counter,
+    sent_bytes: metrics::Counter,
+    processing: metrics::Histogram,
+    batch: metrics::Histogram,
+    freshness: metrics::Gauge,
+}
+
+impl SinkMetrics {
+    fn new(stage: &'static str, codes: &[&'static str]) -> Self {
+        let s = [("stage", stage)];
+        for error_type in ["consume_failed", "produce_failed", "write_failed"]
+            .iter()
+            .chain(codes)
+        {
+            catalog::COMPONENT_ERRORS
+                .counter(&[("stage", stage), ("error_type", error_type)])
+                .absolute(0);
+        }
+        for code in codes {
+            catalog::DLQ_MESSAGES
+                .counter(&[("stage", stage), ("error_code", code)])
+                .absolute(0);
+        }
+        catalog::COMPONENT_DISCARDED_EVENTS
+            .counter(&[("stage", stage), ("intentional", "true")])
+            .absolute(0);
+        // A sink produces only dead letters, maybe never: their series exist from the start.
+        for outcome in ["acked", "failed"] {
+            catalog::KAFKA_PRODUCED
+                .counter(&[("topic", DLQ_TOPIC), ("outcome", outcome)])
+                .increment(0);
+        }
+        drop(catalog::KAFKA_PRODUCE_DURATION.histogram(&[("topic", DLQ_TOPIC)]));
+        Self {
+            stage,
+            received: catalog::COMPONENT_RECEIVED_EVENTS.counter(&s),
+            received_bytes: catalog::COMPONENT_RECEIVED_BYTES.counter(&s),
+            sent: catalog::COMPONENT_SENT_EVENTS
+                .counter(&[("stage", stage), ("topic", "postgresql")]),
+            sent_bytes: catalog::COMPONENT_SENT_BYTES
+                .counter(&[("stage", stage), ("topic", "postgresql")]),
+            processing: catalog::COMPONENT_PROCESSING_DURATION.histogram(&s),
+            batch: catalog::COMPONENT_BATCH_SIZE.histogram(&s),
+            freshness: catalog::KAFKA_FRESHNESS_LAG.gauge(&s),
+        }
+    }
+
+    fn received(&self, bytes: usize) {
+        self.received.increment(1);
+        self.received_bytes.increment(bytes as u64);
+    }
+
+    fn error(&self, error_type: &'static str) {
+        catalog::COMPONENT_ERRORS
+            .counter(&[("stage", self.stage), ("error_type", error_type)])
+            .increment(1);
+    }
+
+    fn dead_lettered(&self, code: &'static str) {
+        self.error(code);
+        catalog::DLQ_MESSAGES
+            .counter(&[("stage", self.stage), ("error_code", code)])
+            .increment(1);
+        catalog::COMPONENT_DISCARDED_EVENTS
+            .counter(&[("stage", self.stage), ("intentional", "true")])
+            .increment(1);
+    }
+
+    fn written(
+        &self,
+        messages: usize,
+        items: usize,
+        bytes: usize,
+        took: Duration,
+        newest_ts: Option<i64>,
+    ) {
+        self.sent.increment(items as u64);
+        self.sent_bytes.increment(bytes as u64);
+        self.batch.record(messages as f64);
+        self.processing.record(took.as_secs_f64());
+        if let Some(ts) = newest_ts {
+            self.freshness.set((now_ms() - ts).max(0) as f64 / 1e3);
+        }
+    }
+}
