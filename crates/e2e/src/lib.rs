@@ -44,6 +44,29 @@ pub fn env_var(name: &str) -> String {
     })
 }
 
+/// Creates an empty database named `prefix_<pid>_<nanos>` on the server of `DATABASE_URL`
+/// and returns its URL: each test gets tables of its own (zero-to-production's
+/// `spawn_app` habit), so tests sharing the server cannot see each other's rows.
+pub async fn fresh_database(prefix: &str) -> anyhow::Result<String> {
+    use sqlx::Connection as _;
+    let base = env_var("DATABASE_URL");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    let name = format!("{prefix}_{}_{nanos}", std::process::id());
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .context("connecting to DATABASE_URL")?;
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .context("creating the test database")?;
+    let (head, _) = base
+        .rsplit_once('/')
+        .context("DATABASE_URL has no database name")?;
+    Ok(format!("{head}/{name}"))
+}
+
 /// A service process; SIGKILLed when dropped, so a failing test leaves nothing behind.
 #[derive(Debug)]
 pub struct Service {

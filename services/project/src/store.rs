@@ -1,0 +1,505 @@
+//! Writing the projection: one transaction per batch, one statement per table, rows passed
+//! as arrays and expanded by `UNNEST` (a round trip per table, however many rows).
+//!
+//! Each batch is deduplicated by primary key first (the last message wins, as in the
+//! topic), because one `INSERT ... ON CONFLICT DO UPDATE` may not touch a row twice. A row
+//! that is already stored with the same values is left alone (the `WHERE ... IS DISTINCT
+//! FROM` guard), so a replay changes nothing, `updated_at` included, and only real changes
+//! count as rows written. `symbol_latest` only moves forward in time.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use metrics::{Counter, Histogram};
+use sqlx::PgPool;
+use tidewatch_schema::{BarRecord, OutcomeRecord, PredictionRecord};
+use tidewatch_telemetry::{catalog, Shutdown};
+use time::OffsetDateTime;
+
+/// One decoded message of the projection's input topics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    Bar(BarRecord),
+    Prediction(PredictionRecord),
+    Outcome(OutcomeRecord),
+}
+
+/// Unix milliseconds as a timestamp; the decoder has checked the range.
+pub fn timestamp(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+const UPSERT_BARS: &str = r#"
+WITH input AS (
+    SELECT * FROM UNNEST($1::text[], $2::int4[], $3::timestamptz[], $4::timestamptz[],
+        $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::int8[])
+        AS t(symbol, interval_seconds, start_time, end_time, open, high, low, close, volume, vwap, trade_count)
+), stored AS (
+    INSERT INTO bars AS b (symbol, interval_seconds, start_time, end_time, open, high, low, close, volume, vwap, trade_count)
+    SELECT * FROM input
+    ON CONFLICT (symbol, interval_seconds, start_time) DO UPDATE SET
+        end_time = EXCLUDED.end_time, open = EXCLUDED.open, high = EXCLUDED.high,
+        low = EXCLUDED.low, close = EXCLUDED.close, volume = EXCLUDED.volume,
+        vwap = EXCLUDED.vwap, trade_count = EXCLUDED.trade_count, updated_at = now()
+    WHERE (b.end_time, b.open, b.high, b.low, b.close, b.volume, b.vwap, b.trade_count)
+        IS DISTINCT FROM (EXCLUDED.end_time, EXCLUDED.open, EXCLUDED.high, EXCLUDED.low,
+                          EXCLUDED.close, EXCLUDED.volume, EXCLUDED.vwap, EXCLUDED.trade_count)
+    RETURNING 1
+), latest AS (
+    INSERT INTO symbol_latest AS l (symbol, bar_interval_seconds, bar_start, bar_end, open, high, low, close, volume, vwap, trade_count)
+    SELECT DISTINCT ON (symbol) symbol, interval_seconds, start_time, end_time, open, high, low, close, volume, vwap, trade_count
+    FROM input ORDER BY symbol, start_time DESC
+    ON CONFLICT (symbol) DO UPDATE SET
+        bar_interval_seconds = EXCLUDED.bar_interval_seconds, bar_start = EXCLUDED.bar_start,
+        bar_end = EXCLUDED.bar_end, open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
+        close = EXCLUDED.close, volume = EXCLUDED.volume, vwap = EXCLUDED.vwap,
+        trade_count = EXCLUDED.trade_count, updated_at = now()
+    WHERE l.bar_start IS NULL OR EXCLUDED.bar_start > l.bar_start
+        OR (EXCLUDED.bar_start = l.bar_start
+            AND (l.bar_end, l.open, l.high, l.low, l.close, l.volume, l.vwap, l.trade_count)
+                IS DISTINCT FROM (EXCLUDED.bar_end, EXCLUDED.open, EXCLUDED.high, EXCLUDED.low,
+                                  EXCLUDED.close, EXCLUDED.volume, EXCLUDED.vwap, EXCLUDED.trade_count))
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM stored), (SELECT count(*) FROM latest)
+"#;
+
+const UPSERT_PREDICTIONS: &str = r#"
+WITH input AS (
+    SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::int4[], $5::text[],
+        $6::text[], $7::float8[], $8::bool[], $9::float8[], $10::bool[])
+        AS t(symbol, bar_start, bar_end, horizon_minutes, model_version, variant, probability, spike, online_probability, online_spike)
+), stored AS (
+    INSERT INTO predictions AS p (symbol, bar_start, bar_end, horizon_minutes, model_version, variant, probability, spike, online_probability, online_spike)
+    SELECT * FROM input
+    ON CONFLICT (symbol, bar_start) DO UPDATE SET
+        bar_end = EXCLUDED.bar_end, horizon_minutes = EXCLUDED.horizon_minutes,
+        model_version = EXCLUDED.model_version, variant = EXCLUDED.variant,
+        probability = EXCLUDED.probability, spike = EXCLUDED.spike,
+        online_probability = EXCLUDED.online_probability, online_spike = EXCLUDED.online_spike,
+        updated_at = now()
+    WHERE (p.bar_end, p.horizon_minutes, p.model_version, p.variant, p.probability, p.spike, p.online_probability, p.online_spike)
+        IS DISTINCT FROM (EXCLUDED.bar_end, EXCLUDED.horizon_minutes, EXCLUDED.model_version, EXCLUDED.variant,
+                          EXCLUDED.probability, EXCLUDED.spike, EXCLUDED.online_probability, EXCLUDED.online_spike)
+    RETURNING 1
+), latest AS (
+    INSERT INTO symbol_latest AS l (symbol, prediction_bar_start, prediction_variant, prediction_model_version, prediction_probability, prediction_spike)
+    SELECT DISTINCT ON (symbol) symbol, bar_start, variant, model_version, probability, spike
+    FROM input ORDER BY symbol, bar_start DESC
+    ON CONFLICT (symbol) DO UPDATE SET
+        prediction_bar_start = EXCLUDED.prediction_bar_start, prediction_variant = EXCLUDED.prediction_variant,
+        prediction_model_version = EXCLUDED.prediction_model_version,
+        prediction_probability = EXCLUDED.prediction_probability, prediction_spike = EXCLUDED.prediction_spike,
+        updated_at = now()
+    WHERE l.prediction_bar_start IS NULL OR EXCLUDED.prediction_bar_start > l.prediction_bar_start
+        OR (EXCLUDED.prediction_bar_start = l.prediction_bar_start
+            AND (l.prediction_variant, l.prediction_model_version, l.prediction_probability, l.prediction_spike)
+                IS DISTINCT FROM (EXCLUDED.prediction_variant, EXCLUDED.prediction_model_version,
+                                  EXCLUDED.prediction_probability, EXCLUDED.prediction_spike))
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM stored), (SELECT count(*) FROM latest)
+"#;
+
+const UPSERT_OUTCOMES: &str = r#"
+INSERT INTO prediction_outcomes AS o (symbol, bar_start, horizon_minutes, judged_by_bar_start, realised_volatility, spike_threshold, spike)
+SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int4[], $4::timestamptz[], $5::float8[], $6::float8[], $7::bool[])
+ON CONFLICT (symbol, bar_start) DO UPDATE SET
+    horizon_minutes = EXCLUDED.horizon_minutes, judged_by_bar_start = EXCLUDED.judged_by_bar_start,
+    realised_volatility = EXCLUDED.realised_volatility, spike_threshold = EXCLUDED.spike_threshold,
+    spike = EXCLUDED.spike, updated_at = now()
+WHERE (o.horizon_minutes, o.judged_by_bar_start, o.realised_volatility, o.spike_threshold, o.spike)
+    IS DISTINCT FROM (EXCLUDED.horizon_minutes, EXCLUDED.judged_by_bar_start, EXCLUDED.realised_volatility,
+                      EXCLUDED.spike_threshold, EXCLUDED.spike)
+"#;
+
+/// Statement timers and row counters, registered once.
+#[derive(Debug, Clone)]
+pub struct DbMetrics {
+    timers: HashMap<&'static str, Histogram>,
+    rows: HashMap<&'static str, Counter>,
+    errors_connection: Counter,
+    errors_database: Counter,
+    retries: Counter,
+}
+
+/// Every statement name the `statement` label can take.
+pub const STATEMENTS: [&str; 9] = [
+    "begin",
+    "upsert_bars",
+    "upsert_predictions",
+    "upsert_outcomes",
+    "commit",
+    "select_symbols",
+    "select_latest",
+    "select_bars",
+    "select_predictions",
+];
+const TABLES: [&str; 4] = [
+    "bars",
+    "predictions",
+    "prediction_outcomes",
+    "symbol_latest",
+];
+
+impl Default for DbMetrics {
+    fn default() -> Self {
+        let rows: HashMap<_, _> = TABLES
+            .iter()
+            .map(|t| {
+                let c = catalog::DB_ROWS_WRITTEN.counter(&[("table", t)]);
+                c.absolute(0);
+                (*t, c)
+            })
+            .collect();
+        let error = |kind| {
+            let c = catalog::DB_TRANSACTION_ERRORS.counter(&[("error_type", kind)]);
+            c.absolute(0);
+            c
+        };
+        let retries = catalog::DB_TRANSACTION_RETRIES.counter(&[]);
+        retries.absolute(0);
+        Self {
+            timers: STATEMENTS
+                .iter()
+                .map(|s| {
+                    (
+                        *s,
+                        catalog::DB_QUERY_DURATION.histogram(&[("statement", s)]),
+                    )
+                })
+                .collect(),
+            rows,
+            errors_connection: error("connection"),
+            errors_database: error("database"),
+            retries,
+        }
+    }
+}
+
+impl DbMetrics {
+    /// Runs `f`, recording its time under `statement` (one of [`STATEMENTS`]).
+    pub async fn timed<T>(
+        &self,
+        statement: &'static str,
+        f: impl std::future::Future<Output = T>,
+    ) -> T {
+        let start = Instant::now();
+        let out = f.await;
+        if let Some(h) = self.timers.get(statement) {
+            h.record(start.elapsed().as_secs_f64());
+        }
+        out
+    }
+
+    fn rows(&self, table: &'static str, n: i64) {
+        if let Some(c) = self.rows.get(table) {
+            c.increment(n.max(0) as u64);
+        }
+    }
+}
+
+/// Whether an error means the database could not be reached (worth retrying as is).
+pub fn is_connection_error(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed
+    ) || matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+}
+
+/// Rows written by one batch, per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    pub bars: i64,
+    pub predictions: i64,
+    pub outcomes: i64,
+    pub latest: i64,
+}
+
+/// The projection's writer: a pool and its metrics.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+    metrics: DbMetrics,
+    /// Whether the previous write failed: the next one is a retry.
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            metrics: DbMetrics::default(),
+            failing: Default::default(),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn metrics(&self) -> &DbMetrics {
+        &self.metrics
+    }
+
+    /// Writes a batch in one transaction; counts the failure and classifies it if not.
+    pub async fn write(&self, items: &[Item]) -> anyhow::Result<Written> {
+        use std::sync::atomic::Ordering;
+        if self.failing.load(Ordering::Relaxed) {
+            self.metrics.retries.increment(1);
+        }
+        match self.try_write(items).await {
+            Ok(written) => {
+                self.failing.store(false, Ordering::Relaxed);
+                self.metrics.rows("bars", written.bars);
+                self.metrics.rows("predictions", written.predictions);
+                self.metrics.rows("prediction_outcomes", written.outcomes);
+                self.metrics.rows("symbol_latest", written.latest);
+                Ok(written)
+            }
+            Err(e) => {
+                self.failing.store(true, Ordering::Relaxed);
+                if is_connection_error(&e) {
+                    self.metrics.errors_connection.increment(1);
+                } else {
+                    self.metrics.errors_database.increment(1);
+                }
+                Err(anyhow::Error::new(e).context("writing the batch to PostgreSQL"))
+            }
+        }
+    }
+
+    async fn try_write(&self, items: &[Item]) -> Result<Written, sqlx::Error> {
+        let batch = Batch::dedup(items);
+        let m = &self.metrics;
+        let mut tx = m.timed("begin", self.pool.begin()).await?;
+        let mut written = Written::default();
+        if !batch.bars.is_empty() {
+            let b = &batch.bars;
+            let (stored, latest): (i64, i64) = m
+                .timed(
+                    "upsert_bars",
+                    sqlx::query_as(UPSERT_BARS)
+                        .bind(b.iter().map(|r| r.symbol.clone()).collect::<Vec<_>>())
+                        .bind(
+                            b.iter()
+                                .map(|r| r.interval_seconds as i32)
+                                .collect::<Vec<_>>(),
+                        )
+                        .bind(b.iter().map(|r| timestamp(r.start_ms)).collect::<Vec<_>>())
+                        .bind(b.iter().map(|r| timestamp(r.end_ms)).collect::<Vec<_>>())
+                        .bind(b.iter().map(|r| r.open).collect::<Vec<_>>())
+                        .bind(b.iter().map(|r| r.high).collect::<Vec<_>>())
+                        .bind(b.iter().map(|r| r.low).collect::<Vec<_>>())
+                        .bind(b.iter().map(|r| r.close).collect::<Vec<_>>())
+                        .bind(b.iter().map(|r| r.volume).collect::<Vec<_>>())
+                        .bind(b.iter().map(|r| r.vwap).collect::<Vec<_>>())
+                        .bind(b.iter().map(|r| r.trade_count as i64).collect::<Vec<_>>())
+                        .fetch_one(&mut *tx),
+                )
+                .await?;
+            written.bars = stored;
+            written.latest += latest;
+        }
+        if !batch.predictions.is_empty() {
+            let p = &batch.predictions;
+            let (stored, latest): (i64, i64) = m
+                .timed(
+                    "upsert_predictions",
+                    sqlx::query_as(UPSERT_PREDICTIONS)
+                        .bind(p.iter().map(|r| r.symbol.clone()).collect::<Vec<_>>())
+                        .bind(
+                            p.iter()
+                                .map(|r| timestamp(r.bar_start_ms))
+                                .collect::<Vec<_>>(),
+                        )
+                        .bind(
+                            p.iter()
+                                .map(|r| timestamp(r.bar_end_ms))
+                                .collect::<Vec<_>>(),
+                        )
+                        .bind(
+                            p.iter()
+                                .map(|r| r.horizon_minutes as i32)
+                                .collect::<Vec<_>>(),
+                        )
+                        .bind(
+                            p.iter()
+                                .map(|r| r.model_version.clone())
+                                .collect::<Vec<_>>(),
+                        )
+                        .bind(p.iter().map(|r| r.variant.clone()).collect::<Vec<_>>())
+                        .bind(p.iter().map(|r| r.probability).collect::<Vec<_>>())
+                        .bind(p.iter().map(|r| r.spike).collect::<Vec<_>>())
+                        .bind(p.iter().map(|r| r.online_probability).collect::<Vec<_>>())
+                        .bind(p.iter().map(|r| r.online_spike).collect::<Vec<_>>())
+                        .fetch_one(&mut *tx),
+                )
+                .await?;
+            written.predictions = stored;
+            written.latest += latest;
+        }
+        if !batch.outcomes.is_empty() {
+            let o = &batch.outcomes;
+            let result = m
+                .timed(
+                    "upsert_outcomes",
+                    sqlx::query(UPSERT_OUTCOMES)
+                        .bind(o.iter().map(|r| r.symbol.clone()).collect::<Vec<_>>())
+                        .bind(
+                            o.iter()
+                                .map(|r| timestamp(r.bar_start_ms))
+                                .collect::<Vec<_>>(),
+                        )
+                        .bind(
+                            o.iter()
+                                .map(|r| r.horizon_minutes as i32)
+                                .collect::<Vec<_>>(),
+                        )
+                        .bind(
+                            o.iter()
+                                .map(|r| timestamp(r.judged_by_bar_start_ms))
+                                .collect::<Vec<_>>(),
+                        )
+                        .bind(o.iter().map(|r| r.realised_volatility).collect::<Vec<_>>())
+                        .bind(o.iter().map(|r| r.spike_threshold).collect::<Vec<_>>())
+                        .bind(o.iter().map(|r| r.spike).collect::<Vec<_>>())
+                        .execute(&mut *tx),
+                )
+                .await?;
+            written.outcomes = result.rows_affected() as i64;
+        }
+        m.timed("commit", tx.commit()).await?;
+        Ok(written)
+    }
+}
+
+/// A batch with one row per key, the last message of each key winning.
+#[derive(Debug, Default)]
+struct Batch<'a> {
+    bars: Vec<&'a BarRecord>,
+    predictions: Vec<&'a PredictionRecord>,
+    outcomes: Vec<&'a OutcomeRecord>,
+}
+
+impl<'a> Batch<'a> {
+    fn dedup(items: &'a [Item]) -> Self {
+        fn keep<'a, K: std::hash::Hash + Eq, T>(
+            rows: &mut Vec<&'a T>,
+            index: &mut HashMap<K, usize>,
+            key: K,
+            row: &'a T,
+        ) {
+            match index.get(&key) {
+                Some(&i) => rows[i] = row,
+                None => {
+                    index.insert(key, rows.len());
+                    rows.push(row);
+                }
+            }
+        }
+        let mut batch = Batch::default();
+        let (mut bars, mut predictions, mut outcomes) =
+            (HashMap::new(), HashMap::new(), HashMap::new());
+        for item in items {
+            match item {
+                Item::Bar(b) => keep(
+                    &mut batch.bars,
+                    &mut bars,
+                    (b.symbol.as_str(), b.interval_seconds, b.start_ms),
+                    b,
+                ),
+                Item::Prediction(p) => keep(
+                    &mut batch.predictions,
+                    &mut predictions,
+                    (p.symbol.as_str(), p.bar_start_ms),
+                    p,
+                ),
+                Item::Outcome(o) => keep(
+                    &mut batch.outcomes,
+                    &mut outcomes,
+                    (o.symbol.as_str(), o.bar_start_ms),
+                    o,
+                ),
+            }
+        }
+        batch
+    }
+}
+
+/// Samples the pool's connections into gauges every second until shutdown.
+pub fn spawn_pool_sampler(pool: PgPool, max: u32, shutdown: Shutdown) {
+    catalog::DB_POOL_MAX_CONNECTIONS
+        .gauge(&[])
+        .set(f64::from(max));
+    let idle = catalog::DB_POOL_CONNECTIONS.gauge(&[("state", "idle")]);
+    let in_use = catalog::DB_POOL_CONNECTIONS.gauge(&[("state", "in_use")]);
+    tokio::spawn(async move {
+        let stop = shutdown.cancelled();
+        tokio::pin!(stop);
+        loop {
+            let size = pool.size();
+            let free = pool.num_idle() as u32;
+            idle.set(f64::from(free));
+            in_use.set(f64::from(size.saturating_sub(free)));
+            tokio::select! {
+                () = &mut stop => break,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
+}
+
+/// A `SELECT 1` within `timeout`: the database health probe.
+pub async fn ping(pool: &PgPool, timeout: Duration) -> anyhow::Result<()> {
+    tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(pool))
+        .await
+        .context("no answer")?
+        .context("query failed")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bar(symbol: &str, start_ms: i64, close: f64) -> Item {
+        Item::Bar(BarRecord {
+            symbol: symbol.to_owned(),
+            interval_seconds: 60,
+            start_ms,
+            end_ms: start_ms + 60_000,
+            open: 1.0,
+            high: 2.0,
+            low: 0.5,
+            close,
+            volume: 3.0,
+            vwap: 1.5,
+            trade_count: 4,
+        })
+    }
+
+    #[test]
+    fn a_batch_keeps_one_row_per_key_and_the_last_message_wins() {
+        let items = [
+            bar("A", 0, 1.0),
+            bar("B", 0, 1.0),
+            bar("A", 0, 1.2),
+            bar("A", 60_000, 1.1),
+        ];
+        let batch = Batch::dedup(&items);
+        let rows: Vec<(&str, i64, f64)> = batch
+            .bars
+            .iter()
+            .map(|b| (b.symbol.as_str(), b.start_ms, b.close))
+            .collect();
+        assert_eq!(rows, [("A", 0, 1.2), ("B", 0, 1.0), ("A", 60_000, 1.1)]);
+    }
+}
