@@ -1,17 +1,21 @@
 //! The streaming pipeline end to end, on the real broker and PostgreSQL started by
 //! `scripts/test`: the seeded generator publishes a fixed number of records (bad, late,
-//! unknown-symbol and anomalous ones planted) through normalize, enrich and aggregate, which
-//! run as processes; aggregate and normalize are SIGKILLed and restarted mid-stream.
+//! unknown-symbol and anomalous ones planted) through normalize, enrich, aggregate,
+//! prediction-consumer and project, which run as processes; aggregate and normalize are
+//! SIGKILLed and restarted mid-stream, and project loses PostgreSQL for ten seconds.
 //!
 //! The test then recomputes every bar and every feature vector independently from what the
-//! generator published and finds them equal to what aggregate wrote, finds exactly the
-//! planted bad and late records in the dead-letter topic, each with its reason, and accounts
-//! for every record: published = in closed bars + in still-open windows + dead-lettered.
+//! generator published and finds them equal to what aggregate wrote and to what PostgreSQL
+//! holds, finds exactly the planted bad and late records in the dead-letter topic, each with
+//! its reason, and accounts for every record: published = in closed bars + in still-open
+//! windows + dead-lettered. The consumer's accuracy and F1 gauges equal a recomputation
+//! from the stored predictions and outcomes, and a second projection replaying every topic
+//! from the start leaves every table exactly as it was.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use tidewatch_e2e::{env_var, Service};
+use tidewatch_e2e::{env_var, Proxy, Service};
 use tidewatch_kafka::dlq::{self, DLQ_TOPIC};
 use tidewatch_kafka::inspect::{read_topic_async, ReadMessage};
 use tidewatch_model::features::{Bar, FeatureBuilder};
@@ -65,6 +69,24 @@ async fn every_trade_is_in_a_bar_or_dead_lettered_once_across_stage_crashes() {
         topic("features"),
     );
     let predictions = topic("predictions");
+    let outcomes = topic("outcomes");
+    // project writes to a database of its own, through a proxy the test can cut.
+    let project_db = tidewatch_e2e::fresh_database("pipeline")
+        .await
+        .expect("database");
+    let authority = project_db
+        .split('@')
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("host:port in DATABASE_URL")
+        .to_owned();
+    let target = tokio::net::lookup_host(&authority)
+        .await
+        .expect("resolve")
+        .next()
+        .expect("address");
+    let proxy = Proxy::start(target).await.expect("proxy");
+    let project_db_proxied = project_db.replace(&authority, &proxy.addr.to_string());
     let env = [
         ("KAFKA_BROKERS", brokers.as_str()),
         ("DATABASE_URL", database.as_str()),
@@ -129,6 +151,8 @@ async fn every_trade_is_in_a_bar_or_dead_lettered_once_across_stage_crashes() {
             &features,
             "--output-topic",
             &predictions,
+            "--outcomes-topic",
+            &outcomes,
             "--group-id",
             &group("consumer"),
             "--group-instance-id",
@@ -142,7 +166,35 @@ async fn every_trade_is_in_a_bar_or_dead_lettered_once_across_stage_crashes() {
         &env,
     )
     .expect("prediction-consumer starts");
-    for s in [&normalize, &enrich, &aggregate, &consumer] {
+    let project_args = |group: &str| -> Vec<String> {
+        [
+            "--bars-topic",
+            &bars,
+            "--predictions-topic",
+            &predictions,
+            "--outcomes-topic",
+            &outcomes,
+            "--group-id",
+            group,
+            "--database-url",
+            &project_db_proxied,
+            "--batch-linger-ms",
+            "100",
+            "--retry-max-backoff-ms",
+            "1000",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let first_group = group("project");
+    let args = project_args(&first_group);
+    let mut project = Service::start(
+        "project",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &env,
+    )
+    .expect("project starts");
+    for s in [&normalize, &enrich, &aggregate, &consumer, &project] {
         s.wait_ready(Duration::from_secs(90))
             .await
             .expect("stage ready");
@@ -170,11 +222,27 @@ async fn every_trade_is_in_a_bar_or_dead_lettered_once_across_stage_crashes() {
         &env,
     )
     .expect("generator starts");
-    // Crash two stages mid-stream (the generator needs about six seconds).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Crash two stages mid-stream (the generator needs about six seconds), and take
+    // PostgreSQL away from project for ten seconds.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.cut();
+    let outage = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     aggregate.restart_after_kill().expect("aggregate restarts");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     normalize.restart_after_kill().expect("normalize restarts");
+    let client = reqwest::Client::new();
+    let mut unready_seen = false;
+    while outage.elapsed() < Duration::from_secs(10) {
+        let ready = client.get(project.url("/health/ready")).send().await;
+        unready_seen |= ready.is_ok_and(|r| r.status().as_u16() == 503);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    proxy.restore();
+    assert!(
+        unready_seen,
+        "project was not ready while PostgreSQL was unreachable"
+    );
     let status = tokio::task::block_in_place(|| generator.wait_exit(Duration::from_secs(120)))
         .expect("generator exits");
     assert!(
@@ -376,6 +444,189 @@ async fn every_trade_is_in_a_bar_or_dead_lettered_once_across_stage_crashes() {
         "a prediction for every feature vector"
     );
 
+    // PostgreSQL: every closed bar, equal to the recomputation, and a prediction per
+    // feature vector, all there despite the outage.
+    let pool = sqlx::PgPool::connect(&project_db).await.expect("connect");
+    let want_rows = closed.len() as i64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (bars_n, predictions_n): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM bars), (SELECT count(*) FROM predictions)",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+        if bars_n == want_rows && predictions_n == want_features.len() as i64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "PostgreSQL holds {bars_n}/{want_rows} bars and {predictions_n}/{} predictions; project log:\n{}",
+            want_features.len(),
+            project.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    type BarRow = (String, i32, i64, i64, f64, f64, f64, f64, f64, f64, i64);
+    let stored: Vec<BarRow> = sqlx::query_as(
+        "SELECT symbol, interval_seconds, (extract(epoch FROM start_time) * 1000)::bigint, \
+                (extract(epoch FROM end_time) * 1000)::bigint, open, high, low, close, volume, vwap, trade_count \
+         FROM bars",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("bars");
+    for (symbol, interval, start, end, open, high, low, close, volume, vwap, count) in stored {
+        let key = (symbol, start);
+        let w = closed
+            .get(&key)
+            .unwrap_or_else(|| panic!("{key:?} stored but not closed"));
+        let want = w.bar.expect("bar");
+        assert_eq!((interval, end), (60, start + WINDOW_MS), "{key:?}");
+        assert_eq!(
+            (open, high, low, close, count as u64),
+            (want.open, want.high, want.low, want.close, want.trades),
+            "{key:?} in PostgreSQL"
+        );
+        assert!(close_enough(volume, want.volume), "{key:?} volume");
+        assert!(close_enough(vwap, w.notional / want.volume), "{key:?} vwap");
+    }
+    let stored_predictions: HashSet<(String, i64)> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT symbol, (extract(epoch FROM bar_start) * 1000)::bigint FROM predictions",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("predictions")
+    .into_iter()
+    .collect();
+    assert_eq!(
+        stored_predictions,
+        want_features.keys().cloned().collect::<HashSet<_>>(),
+        "a stored prediction for every feature vector"
+    );
+    let project_metrics = project.metrics().await.expect("metrics");
+    assert!(
+        metric_sum(
+            &project_metrics,
+            "tidewatch_db_transaction_errors_total",
+            &[]
+        ) >= 1.0
+            && metric_sum(
+                &project_metrics,
+                "tidewatch_db_transaction_retries_total",
+                &[]
+            ) >= 1.0,
+        "the outage was seen as failed and retried transactions"
+    );
+
+    // The consumer's rolling accuracy and F1 equal a recomputation from what PostgreSQL
+    // stored: each judged prediction joined with its outcome.
+    let consumer_metrics = consumer.metrics().await.expect("metrics");
+    let judged = metric_sum(
+        &consumer_metrics,
+        "tidewatch_prediction_outcomes_total",
+        &[("variant", "ml")],
+    ) as i64;
+    assert!(judged > 0, "the run was long enough to judge predictions");
+    assert!(
+        judged <= 500,
+        "the rolling window (500) holds every judgement of this run"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let pairs: Vec<(bool, bool)> = loop {
+        let pairs: Vec<(bool, bool)> = sqlx::query_as(
+            "SELECT p.spike, o.spike FROM predictions p JOIN prediction_outcomes o USING (symbol, bar_start)",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("join");
+        if pairs.len() as i64 == judged {
+            break pairs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} stored outcomes, {judged} judged",
+            pairs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let count = |p: bool, a: bool| pairs.iter().filter(|x| **x == (p, a)).count() as f64;
+    let (tp, fp, fn_, tn) = (
+        count(true, true),
+        count(true, false),
+        count(false, true),
+        count(false, false),
+    );
+    let accuracy = (tp + tn) / (tp + fp + fn_ + tn);
+    let precision = if tp + fp > 0.0 { tp / (tp + fp) } else { 0.0 };
+    let recall = if tp + fn_ > 0.0 { tp / (tp + fn_) } else { 0.0 };
+    let f1 = if precision + recall > 0.0 {
+        2.0 * precision * recall / (precision + recall)
+    } else {
+        0.0
+    };
+    let gauge = |metric: &str| {
+        metric_sum(
+            &consumer_metrics,
+            "tidewatch_prediction_rolling_score",
+            &[("variant", "ml"), ("metric", metric)],
+        )
+    };
+    eprintln!(
+        "{judged} judged predictions: accuracy {accuracy:.4} (gauge {:.4}), F1 {f1:.4} (gauge {:.4})",
+        gauge("accuracy"),
+        gauge("f1")
+    );
+    assert!(close_enough(gauge("accuracy"), accuracy), "accuracy gauge");
+    assert!(close_enough(gauge("f1"), f1), "F1 gauge");
+
+    // Replaying every topic from the start (a new group) leaves every table unchanged.
+    let before = dump(&pool).await;
+    let status = tokio::task::block_in_place(|| project.terminate(Duration::from_secs(30)))
+        .expect("project stops");
+    assert!(status.success(), "project exited with {status}");
+    let replay_group = group("project-replay");
+    let args = project_args(&replay_group);
+    let replay = Service::start(
+        "project",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &env,
+    )
+    .expect("project restarts");
+    let total = topic_messages(&brokers, &[&bars, &predictions, &outcomes]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let m = replay.metrics().await.unwrap_or_default();
+        let received = metric_sum(
+            &m,
+            "tidewatch_component_received_events_total",
+            &[("stage", "project")],
+        ) as i64;
+        let committed = metric_sum(
+            &m,
+            "tidewatch_component_sent_events_total",
+            &[("stage", "project")],
+        ) as i64;
+        if received >= total && committed >= total {
+            assert_eq!(
+                metric_sum(&m, "tidewatch_db_rows_written_total", &[]),
+                0.0,
+                "a replay writes no row"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replay read {received} and wrote {committed} of {total} messages"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        dump(&pool).await,
+        before,
+        "the replay left every table unchanged"
+    );
+
     // Dead letters of this run: exactly the planted ones, each once, with code and reason.
     let sources: HashSet<String> = [raw.clone(), normalized.clone(), enriched.clone()].into();
     let dead = read(DLQ_TOPIC, want_dlq.len(), move |m| {
@@ -438,15 +689,26 @@ async fn every_trade_is_in_a_bar_or_dead_lettered_once_across_stage_crashes() {
         ),
         (&aggregate, vec![Group::Kafka, Group::Windowing]),
         (&consumer, vec![Group::Kafka, Group::Outcomes]),
+        (&replay, vec![Group::Kafka, Group::Database]),
     ] {
-        let text = stage.metrics().await.expect("metrics");
-        for m in catalog::ALL.iter().filter(|m| groups.contains(&m.group)) {
+        // Lag gauges appear with librdkafka's statistics, every five seconds.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = stage.metrics().await.expect("metrics");
+            let missing: Vec<&str> = catalog::ALL
+                .iter()
+                .filter(|m| groups.contains(&m.group) && !text.contains(m.name))
+                .map(|m| m.name)
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
             assert!(
-                text.contains(m.name),
-                "{} does not expose {}",
-                stage.name,
-                m.name
+                std::time::Instant::now() < deadline,
+                "{} does not expose {missing:?}",
+                stage.name
             );
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
     let restarted = aggregate.metrics().await.expect("metrics");
@@ -461,5 +723,67 @@ async fn every_trade_is_in_a_bar_or_dead_lettered_once_across_stage_crashes() {
             tokio::task::block_in_place(|| s.terminate(Duration::from_secs(30))).expect("stops");
         assert!(status.success(), "{} exited with {status}", s.name);
     }
-    drop((enrich, consumer));
+    drop((enrich, consumer, replay));
+}
+
+/// Sum of the samples of `name` whose labels include all of `labels` (text exposition).
+fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())
+            .flatten()
+        })
+        .sum()
+}
+
+/// Every row of every projection table as text, sorted: equal dumps, equal tables.
+async fn dump(pool: &sqlx::PgPool) -> Vec<String> {
+    let mut out = Vec::new();
+    for table in [
+        "bars",
+        "predictions",
+        "prediction_outcomes",
+        "symbol_latest",
+    ] {
+        let rows: Vec<(String,)> =
+            sqlx::query_as(&format!("SELECT t::text FROM {table} t ORDER BY 1"))
+                .fetch_all(pool)
+                .await
+                .expect("dump");
+        out.extend(rows.into_iter().map(|(r,)| format!("{table}: {r}")));
+    }
+    out
+}
+
+/// Messages in `topics` now (sum of high minus low watermarks).
+fn topic_messages(brokers: &str, topics: &[&str]) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    let mut total = 0;
+    for t in metadata
+        .topics()
+        .iter()
+        .filter(|t| topics.contains(&t.name()))
+    {
+        for p in t.partitions() {
+            let (low, high) = consumer
+                .fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))
+                .expect("watermarks");
+            total += high - low;
+        }
+    }
+    total
 }
