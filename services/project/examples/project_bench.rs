@@ -85,12 +85,12 @@ async fn copy(pool: &sqlx::PgPool, rows: &[BarRecord]) -> anyhow::Result<Duratio
     Ok(start.elapsed())
 }
 
-async fn upsert(store: &Store, rows: &[BarRecord]) -> anyhow::Result<Duration> {
+async fn upsert(store: &Store, rows: &[BarRecord], batch: usize) -> anyhow::Result<Duration> {
     sqlx::query("TRUNCATE bars, symbol_latest")
         .execute(store.pool())
         .await?;
     let start = Instant::now();
-    let written = upsert_rows(store, rows).await?;
+    let written = upsert_rows(store, rows, batch).await?;
     anyhow::ensure!(
         written as usize == rows.len(),
         "upsert wrote {written} rows"
@@ -125,32 +125,43 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let store = Store::new(pool.clone());
 
+    let sizes = [BATCH, 5 * BATCH];
     println!(
-        "write: {rows} bar rows per round, {rounds} rounds, batches of {BATCH} (median rows/s)"
+        "write: {rows} bar rows per round, {rounds} rounds; upsert batches of {sizes:?} (the service's default is {BATCH})"
     );
-    let (mut copy_rates, mut upsert_rates) = (Vec::new(), Vec::new());
+    let mut copy_rates = Vec::new();
+    let mut upsert_rates = vec![Vec::new(); sizes.len()];
     for round in 0..rounds {
         let data = bars(rows, round);
         // Alternate the order so neither always runs on a warmer cache.
-        let (c, u) = if round % 2 == 0 {
-            (copy(&pool, &data).await?, upsert(&store, &data).await?)
+        let copy_first = round % 2 == 0;
+        let mut c = if copy_first {
+            Some(copy(&pool, &data).await?)
         } else {
-            let u = upsert(&store, &data).await?;
-            (copy(&pool, &data).await?, u)
+            None
         };
-        let (c, u) = (rows as f64 / c.as_secs_f64(), rows as f64 / u.as_secs_f64());
+        let mut line = String::new();
+        for (i, size) in sizes.iter().enumerate() {
+            let u = rows as f64 / upsert(&store, &data, *size).await?.as_secs_f64();
+            let _ = write!(line, "   upsert/{size} {u:>8.0} rows/s");
+            upsert_rates[i].push(u);
+        }
+        if c.is_none() {
+            c = Some(copy(&pool, &data).await?);
+        }
+        let c = rows as f64 / c.unwrap_or_default().as_secs_f64();
+        println!("  round {round}: COPY {c:>8.0} rows/s{line}");
+        copy_rates.push(c);
+    }
+    let c = median(copy_rates);
+    println!("  median: COPY into an empty table {c:.0} rows/s");
+    for (size, rates) in sizes.iter().zip(upsert_rates) {
+        let u = median(rates);
         println!(
-            "  round {round}: COPY {c:>9.0} rows/s   upsert {u:>9.0} rows/s   {:.1}%",
+            "  median: projection upsert, batches of {size}: {u:.0} rows/s = {:.1}% of COPY (target >= 40%)",
             100.0 * u / c
         );
-        copy_rates.push(c);
-        upsert_rates.push(u);
     }
-    let (c, u) = (median(copy_rates), median(upsert_rates));
-    println!(
-        "  median: COPY into an empty table {c:.0} rows/s, projection upsert {u:.0} rows/s: {:.1}% (target >= 40%)",
-        100.0 * u / c
-    );
 
     // A day of one-minute bars of one symbol, read as one page.
     sqlx::query("TRUNCATE bars, symbol_latest")
@@ -178,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // Some other history, so the index is not just this day.
     for round in 0..3 {
-        upsert_rows(&store, &bars(rows.min(50_000), round + 10)).await?;
+        upsert_rows(&store, &bars(rows.min(50_000), round + 10), BATCH).await?;
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -214,9 +225,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Writes `rows` through the projection a batch at a time; the bar rows written.
-async fn upsert_rows(store: &Store, rows: &[BarRecord]) -> anyhow::Result<i64> {
+async fn upsert_rows(store: &Store, rows: &[BarRecord], batch: usize) -> anyhow::Result<i64> {
     let mut written = 0;
-    for chunk in rows.chunks(BATCH) {
+    for chunk in rows.chunks(batch) {
         let items: Vec<Item> = chunk.iter().cloned().map(Item::Bar).collect();
         written += store.write(&items).await?.bars;
     }
