@@ -1,0 +1,132 @@
+//! The monitoring files agree with the code: the generated SLO rules are current, every
+//! metric a rule reads is in the catalogue (or produced by a rule, or by Prometheus itself),
+//! and every alert carries the labels and annotations the runbook and routing rely on.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use tidewatch_slo::{generate, metric_names, rule_expressions, Spec, GENERATED_RULES, SPEC};
+use tidewatch_telemetry::catalog;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+const RULE_FILES: [&str; 2] = [
+    "monitoring/prometheus/rules/alerts.yml",
+    "monitoring/prometheus/rules/slo.generated.yml",
+];
+
+/// Series Prometheus makes itself, not exported by any Tidewatch service.
+const PROMETHEUS_SERIES: [&str; 1] = ["up"];
+
+#[test]
+fn the_generated_slo_rules_are_current_with_the_spec() {
+    let spec = Spec::parse(&read(SPEC)).expect("the spec parses");
+    assert_eq!(spec.slos.len(), 4);
+    assert!(
+        read(GENERATED_RULES) == generate(&spec),
+        "{GENERATED_RULES} is out of date: run `cargo run -p tidewatch-slo -- generate`"
+    );
+}
+
+#[test]
+fn every_metric_a_rule_reads_is_catalogued_or_recorded() {
+    let mut recorded = BTreeSet::new();
+    let mut read_names = BTreeSet::new();
+    for file in RULE_FILES {
+        let rules = rule_expressions(&read(file)).expect(file);
+        recorded.extend(rules.records);
+        for expr in &rules.expressions {
+            read_names.extend(metric_names(expr).unwrap_or_else(|e| panic!("{file}: {e}")));
+        }
+    }
+    let unknown: Vec<&String> = read_names
+        .iter()
+        .filter(|n| {
+            catalog::lookup(n).is_none()
+                && !recorded.contains(*n)
+                && !PROMETHEUS_SERIES.contains(&n.as_str())
+        })
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "rules read metrics no service exports: {unknown:?}"
+    );
+    assert!(read_names.len() > 20, "the rules read {read_names:?}");
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct File {
+    groups: Vec<Group>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Group {
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Rule {
+    alert: Option<String>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: std::collections::BTreeMap<String, String>,
+}
+
+#[test]
+fn every_alert_has_severity_service_component_and_a_runbook_section() {
+    let runbook = read("monitoring/RUNBOOK.md");
+    let sections: BTreeSet<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| h.trim().to_lowercase())
+        .collect();
+    let mut alerts = BTreeSet::new();
+    for file in RULE_FILES {
+        let parsed: File = serde_yaml_ng::from_str(&read(file)).expect(file);
+        for rule in parsed.groups.into_iter().flat_map(|g| g.rules) {
+            let Some(name) = rule.alert else { continue };
+            alerts.insert(name.clone());
+            let severity = rule.labels.get("severity").map(String::as_str);
+            assert!(
+                matches!(severity, Some("critical" | "warning" | "info")),
+                "{name}: severity {severity:?}"
+            );
+            assert!(
+                rule.labels.contains_key("component"),
+                "{name} has no component label"
+            );
+            // `service` is set by the rule or kept from the series by `by (service)`.
+            for key in ["summary", "description", "runbook_url"] {
+                assert!(
+                    rule.annotations.get(key).is_some_and(|v| !v.is_empty()),
+                    "{name} has no {key}"
+                );
+            }
+            let anchor = rule.annotations["runbook_url"]
+                .rsplit_once('#')
+                .map(|(_, a)| a.to_owned())
+                .unwrap_or_default();
+            assert!(
+                sections.contains(&anchor),
+                "{name}: runbook_url points at #{anchor}, which RUNBOOK.md does not have"
+            );
+        }
+    }
+    assert!(alerts.len() >= 20, "{alerts:?}");
+    // Every alert is exercised by the promtool unit tests.
+    let tests = read("monitoring/prometheus/tests/alerts.test.yml")
+        + &read("monitoring/prometheus/tests/slo.test.yml");
+    for alert in &alerts {
+        assert!(
+            tests.contains(&format!("alertname: {alert}\n")),
+            "{alert} has no promtool test"
+        );
+    }
+}
