@@ -61,6 +61,8 @@ pub enum Group {
     Outcomes,
     /// PostgreSQL as a sink: pool, statements, rows, transactions (project).
     Database,
+    /// Alertmanager notifications received (alert-receiver).
+    Alerting,
 }
 
 impl Group {
@@ -80,6 +82,7 @@ impl Group {
             Group::Windowing => "windowing",
             Group::Outcomes => "outcomes",
             Group::Database => "database",
+            Group::Alerting => "alerting",
         }
     }
 }
@@ -947,6 +950,27 @@ pub const DB_TRANSACTION_RETRIES: MetricDef = MetricDef {
     group: Group::Database,
 };
 
+// --- Alert notifications (alert-receiver) ---
+
+pub const ALERT_NOTIFICATIONS: MetricDef = MetricDef {
+    name: "tidewatch_alert_notifications_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["receiver", "status"],
+    help: "Webhook notifications received from Alertmanager, by receiver (page, ml-page, ticket, ml-ticket, info) and group status (firing, resolved).",
+    buckets: &[],
+    group: Group::Alerting,
+};
+pub const ALERTS_RECEIVED: MetricDef = MetricDef {
+    name: "tidewatch_alerts_received_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["receiver", "status", "severity"],
+    help: "Alerts carried by those notifications, by receiver, alert status (firing, resolved) and severity (critical, warning, info, other).",
+    buckets: &[],
+    group: Group::Alerting,
+};
+
 /// Every metric in the workspace, in the order `METRICS.md` lists them.
 pub const ALL: &[&MetricDef] = &[
     &HTTP_SERVER_REQUEST_DURATION,
@@ -1028,6 +1052,8 @@ pub const ALL: &[&MetricDef] = &[
     &DB_ROWS_WRITTEN,
     &DB_TRANSACTION_ERRORS,
     &DB_TRANSACTION_RETRIES,
+    &ALERT_NOTIFICATIONS,
+    &ALERTS_RECEIVED,
 ];
 
 /// Looks a metric up by the name it has in the Prometheus exposition (histogram series
