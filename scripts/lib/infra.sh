@@ -63,7 +63,7 @@ infra_init() {
 remember_pid() { echo "$1 $2" >>"$TW_RUN/pids"; }
 
 start_tansu() {
-  TW_KAFKA_PORT=$(free_port)
+  TW_KAFKA_PORT=${TW_KAFKA_PORT:-$(free_port)}
   tansu broker --listener-url "tcp://127.0.0.1:$TW_KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$TW_KAFKA_PORT" >"$TW_RUN/tansu.log" 2>&1 &
   remember_pid $! tansu
@@ -82,7 +82,7 @@ start_postgres() {
   local bin dir="$TW_RUN/postgres"
   bin=$(pg_bin)
   [ -x "$bin/initdb" ] || die "PostgreSQL server binaries not found under /usr/lib/postgresql"
-  TW_PG_PORT=$(free_port)
+  TW_PG_PORT=${TW_PG_PORT:-$(free_port)}
   mkdir -p "$dir"
   [ "$(id -u)" -eq 0 ] && chown postgres: "$dir"
   as_postgres "$bin/initdb" -D "$dir/data" -A trust -U postgres -E UTF8 --no-sync >"$TW_RUN/postgres-init.log" 2>&1 \
@@ -100,7 +100,7 @@ start_postgres() {
 # interval given (tests use 1s), the repository's rules, and a target directory of its own.
 start_prometheus() {
   local interval=${1:-15s} dir="$TW_RUN/prometheus"
-  TW_PROM_PORT=$(free_port)
+  TW_PROM_PORT=${TW_PROM_PORT:-$(free_port)}
   mkdir -p "$dir/targets" "$dir/data"
   sed -e "s/^\(  scrape_interval:\) 15s/\1 $interval/" \
       -e "s/^\(  evaluation_interval:\) 15s/\1 $interval/" \
@@ -118,11 +118,18 @@ start_prometheus() {
   log "Prometheus on $TIDEWATCH_PROMETHEUS_URL (scrape interval $interval)"
 }
 
+# Alertmanager reads monitoring/alertmanager/alertmanager.yml; with TW_RECEIVER_URL set (the
+# native stack's alert-receiver), a copy whose webhooks point there instead of the compose
+# host name `alert-receiver:9095`.
 start_alertmanager() {
-  local dir="$TW_RUN/alertmanager"
-  TW_AM_PORT=$(free_port)
+  local dir="$TW_RUN/alertmanager" config="$TW_ROOT/monitoring/alertmanager/alertmanager.yml"
+  TW_AM_PORT=${TW_AM_PORT:-$(free_port)}
   mkdir -p "$dir"
-  prometheus-alertmanager --config.file="$TW_ROOT/monitoring/alertmanager/alertmanager.yml" \
+  if [ -n "${TW_RECEIVER_URL:-}" ]; then
+    sed "s#http://alert-receiver:9095#$TW_RECEIVER_URL#" "$config" >"$dir/alertmanager.yml"
+    config="$dir/alertmanager.yml"
+  fi
+  prometheus-alertmanager --config.file="$config" \
     --storage.path="$dir" --web.listen-address="127.0.0.1:$TW_AM_PORT" --cluster.listen-address= \
     >"$dir/alertmanager.log" 2>&1 &
   remember_pid $! alertmanager
