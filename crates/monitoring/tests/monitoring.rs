@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use tidewatch_slo::{generate, metric_names, rule_expressions, Spec, GENERATED_RULES, SPEC};
+use tidewatch_monitoring::{
+    dashboards, generate, metric_names, rule_expressions, Spec, GENERATED_RULES, SPEC,
+};
 use tidewatch_telemetry::catalog;
 
 fn root() -> PathBuf {
@@ -30,7 +32,7 @@ fn the_generated_slo_rules_are_current_with_the_spec() {
     assert_eq!(spec.slos.len(), 4);
     assert!(
         read(GENERATED_RULES) == generate(&spec),
-        "{GENERATED_RULES} is out of date: run `cargo run -p tidewatch-slo -- generate`"
+        "{GENERATED_RULES} is out of date: run `cargo run -p tidewatch-monitoring -- generate`"
     );
 }
 
@@ -129,4 +131,102 @@ fn every_alert_has_severity_service_component_and_a_runbook_section() {
             "{alert} has no promtool test"
         );
     }
+}
+
+/// Catalogued metrics that no dashboard or rule reads, each with the reason.
+const DELIBERATELY_UNUSED: &[(&str, &str)] = &[];
+
+fn dashboard_metric_names() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for d in dashboards::all() {
+        for p in &d.panels {
+            for (expr, _) in &p.queries {
+                let expr = dashboards::substitute(expr, "1m");
+                names.extend(
+                    metric_names(&expr)
+                        .unwrap_or_else(|e| panic!("{} / {}: {e}", d.title, p.title)),
+                );
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn the_committed_dashboards_are_current_and_use_the_provisioned_datasource() {
+    let provisioned = read("monitoring/grafana/provisioning/datasources/prometheus.yml");
+    assert!(
+        provisioned.contains(&format!("uid: {}", dashboards::DATASOURCE_UID)),
+        "the provisioned datasource uid is not {}",
+        dashboards::DATASOURCE_UID
+    );
+    let titles: Vec<&str> = dashboards::all().iter().map(|d| d.title).collect();
+    assert_eq!(titles.len(), 6, "{titles:?}");
+    for d in dashboards::all() {
+        let path = format!("{}/{}", dashboards::DIR, dashboards::file_name(&d));
+        assert!(
+            read(&path) == dashboards::file_text(&d),
+            "{path} is out of date: run `cargo run -p tidewatch-monitoring -- generate`"
+        );
+        let json: serde_json::Value = serde_json::from_str(&read(&path)).expect("json");
+        assert_eq!(json["refresh"], "15s");
+        let vars: Vec<&str> = json["templating"]["list"]
+            .as_array()
+            .expect("variables")
+            .iter()
+            .map(|v| v["name"].as_str().expect("name"))
+            .collect();
+        assert_eq!(vars, ["service", "instance"], "{}", d.title);
+        for p in json["panels"].as_array().expect("panels") {
+            assert_eq!(p["datasource"]["uid"], dashboards::DATASOURCE_UID);
+            assert!(
+                p["fieldConfig"]["defaults"]["unit"]
+                    .as_str()
+                    .is_some_and(|u| !u.is_empty()),
+                "{} / {} has no unit",
+                d.title,
+                p["title"]
+            );
+        }
+    }
+}
+
+#[test]
+fn every_catalogued_metric_is_on_a_dashboard_or_in_a_rule_and_every_named_metric_exists() {
+    let mut used = dashboard_metric_names();
+    let mut recorded = BTreeSet::new();
+    for file in RULE_FILES {
+        let rules = rule_expressions(&read(file)).expect(file);
+        recorded.extend(rules.records);
+        for expr in &rules.expressions {
+            used.extend(metric_names(expr).expect("PromQL"));
+        }
+    }
+    let unknown: Vec<&String> = used
+        .iter()
+        .filter(|n| {
+            catalog::lookup(n).is_none()
+                && !recorded.contains(*n)
+                && !PROMETHEUS_SERIES.contains(&n.as_str())
+                && n.as_str() != "ALERTS"
+        })
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "dashboards or rules name uncatalogued metrics: {unknown:?}"
+    );
+    let used_defs: BTreeSet<&str> = used
+        .iter()
+        .filter_map(|n| catalog::lookup(n))
+        .map(|m| m.name)
+        .collect();
+    let unused: Vec<&str> = catalog::ALL
+        .iter()
+        .map(|m| m.name)
+        .filter(|n| !used_defs.contains(n) && !DELIBERATELY_UNUSED.iter().any(|(u, _)| u == n))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "catalogued but on no dashboard, in no rule, and not listed as deliberately unused: {unused:?}"
+    );
 }

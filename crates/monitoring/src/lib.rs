@@ -1,5 +1,6 @@
-//! SLOs as code, and the checks that keep monitoring files honest.
+//! Monitoring as code, and the checks that keep monitoring files honest.
 //!
+//! - [`dashboards`]: the Grafana dashboards, written in Rust and rendered to JSON.
 //! - [`Spec`]: `monitoring/slo/slos.yml`, the one place SLOs are declared.
 //! - [`generate`]: the spec as Prometheus rules, after the Google SRE workbook's
 //!   multi-window, multi-burn-rate alerts: SLI error ratios over every window the alerts
@@ -9,6 +10,8 @@
 //!   to equal it.
 //! - [`metric_names`] and [`rule_expressions`]: the metric names a PromQL expression reads
 //!   and the expressions of a rules file, so a test can prove every one is catalogued.
+
+pub mod dashboards;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -222,7 +225,7 @@ fn burn_condition(slo: &Slo, burns: &[Burn]) -> String {
 /// The rules file for `spec`.
 pub fn generate(spec: &Spec) -> String {
     let mut out = String::from(
-        "# Generated from monitoring/slo/slos.yml by `cargo run -p tidewatch-slo -- generate`.\n\
+        "# Generated from monitoring/slo/slos.yml by `cargo run -p tidewatch-monitoring -- generate`.\n\
          # Do not edit: change the spec and generate again (a test checks this file is current).\n\
          groups:\n",
     );
