@@ -67,6 +67,26 @@ pub async fn fresh_database(prefix: &str) -> anyhow::Result<String> {
     Ok(format!("{head}/{name}"))
 }
 
+/// Every row of every table the projection writes, as text, sorted: two dumps are equal
+/// exactly when the tables are (`updated_at` included).
+pub async fn dump_projection(pool: &sqlx::PgPool) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for table in [
+        "bars",
+        "predictions",
+        "prediction_outcomes",
+        "symbol_latest",
+    ] {
+        let rows: Vec<(String,)> =
+            sqlx::query_as(&format!("SELECT t::text FROM {table} t ORDER BY 1"))
+                .fetch_all(pool)
+                .await
+                .with_context(|| format!("reading {table}"))?;
+        out.extend(rows.into_iter().map(|(r,)| format!("{table}: {r}")));
+    }
+    Ok(out)
+}
+
 /// A service process; SIGKILLed when dropped, so a failing test leaves nothing behind.
 #[derive(Debug)]
 pub struct Service {

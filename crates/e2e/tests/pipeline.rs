@@ -581,7 +581,7 @@ async fn every_trade_is_in_a_bar_or_dead_lettered_once_across_stage_crashes() {
     assert!(close_enough(gauge("f1"), f1), "F1 gauge");
 
     // Replaying every topic from the start (a new group) leaves every table unchanged.
-    let before = dump(&pool).await;
+    let before = tidewatch_e2e::dump_projection(&pool).await.expect("dump");
     let status = tokio::task::block_in_place(|| project.terminate(Duration::from_secs(30)))
         .expect("project stops");
     assert!(status.success(), "project exited with {status}");
@@ -622,7 +622,7 @@ async fn every_trade_is_in_a_bar_or_dead_lettered_once_across_stage_crashes() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(
-        dump(&pool).await,
+        tidewatch_e2e::dump_projection(&pool).await.expect("dump"),
         before,
         "the replay left every table unchanged"
     );
@@ -741,25 +741,6 @@ fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             .flatten()
         })
         .sum()
-}
-
-/// Every row of every projection table as text, sorted: equal dumps, equal tables.
-async fn dump(pool: &sqlx::PgPool) -> Vec<String> {
-    let mut out = Vec::new();
-    for table in [
-        "bars",
-        "predictions",
-        "prediction_outcomes",
-        "symbol_latest",
-    ] {
-        let rows: Vec<(String,)> =
-            sqlx::query_as(&format!("SELECT t::text FROM {table} t ORDER BY 1"))
-                .fetch_all(pool)
-                .await
-                .expect("dump");
-        out.extend(rows.into_iter().map(|(r,)| format!("{table}: {r}")));
-    }
-    out
 }
 
 /// Messages in `topics` now (sum of high minus low watermarks).

@@ -14,16 +14,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
-use rdkafka::message::Headers as _;
-use rdkafka::{ClientConfig, Message as _};
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use tidewatch_telemetry::{catalog, ComponentHealth, HealthHandle, Shutdown};
 
 use crate::context::StageContext;
 use crate::dlq::{dead_letter, DLQ_TOPIC};
 use crate::producer::Producer;
-use crate::stage::Input;
+use crate::stage::{commit_final, subscribe, Input};
 
 /// Why a message cannot become an item: a bounded code (a metric label and the dead
 /// letter's code) and a sentence for people.
@@ -95,27 +92,16 @@ pub async fn run<S: Sink>(
     broker_health: &HealthHandle,
     store_health: &HealthHandle,
 ) -> anyhow::Result<()> {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.brokers)
-        .set("group.id", &config.group_id)
-        .set("client.id", config.stage)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("statistics.interval.ms", "5000")
-        .set("session.timeout.ms", config.session_timeout_ms.to_string());
-    for (key, value) in &config.options {
-        client.set(key, value);
-    }
-    let consumer: StreamConsumer<StageContext> = client
-        .create_with_context(StageContext::new(broker_health.clone()))
-        .context("creating the Kafka consumer")?;
     let topics: Vec<&str> = config.input_topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).context("subscribing")?;
-    tracing::info!(stage = config.stage, topics = ?config.input_topics, group = %config.group_id, "consuming");
+    let consumer = subscribe(
+        config.stage,
+        &config.brokers,
+        &config.group_id,
+        config.session_timeout_ms,
+        &config.options,
+        &topics,
+        broker_health,
+    )?;
 
     let metrics = SinkMetrics::new(config.stage, sink.error_codes());
     let stop = shutdown.cancelled();
@@ -147,23 +133,7 @@ pub async fn run<S: Sink>(
                     continue;
                 }
             };
-            let headers = message
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key, h.value.unwrap_or_default()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let input = Input {
-                topic: message.topic(),
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key(),
-                payload: message.payload().unwrap_or_default(),
-                timestamp_ms: message.timestamp().to_millis(),
-                headers,
-            };
+            let input = Input::from_message(&message);
             metrics.received(input.payload.len());
             let item = match sink.decode(&input) {
                 Ok(item) => Some(item),
@@ -219,13 +189,7 @@ pub async fn run<S: Sink>(
             break;
         }
     }
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(())
-        | Err(rdkafka::error::KafkaError::ConsumerCommit(
-            rdkafka::types::RDKafkaErrorCode::NoOffset,
-        )) => {}
-        Err(e) => tracing::warn!(error = %e, "final commit failed"),
-    }
+    commit_final(&consumer);
     producer.flush(Duration::from_secs(10))?;
     tracing::info!(stage = config.stage, "sink stopped, offsets committed");
     outcome

@@ -41,7 +41,28 @@ pub struct Input<'a> {
     pub headers: Vec<(&'a str, &'a [u8])>,
 }
 
-impl Input<'_> {
+impl<'a> Input<'a> {
+    /// The processor's view of a consumed message.
+    pub fn from_message(message: &'a rdkafka::message::BorrowedMessage<'a>) -> Self {
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key, h.value.unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Input {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key(),
+            payload: message.payload().unwrap_or_default(),
+            timestamp_ms: message.timestamp().to_millis(),
+            headers,
+        }
+    }
+
     /// The value of the first header called `name`.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
@@ -245,28 +266,15 @@ pub async fn run<P: Processor>(
     shutdown: &Shutdown,
     health: &HealthHandle,
 ) -> anyhow::Result<()> {
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.brokers)
-        .set("group.id", &config.group_id)
-        .set("client.id", config.stage)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("statistics.interval.ms", "5000")
-        .set("session.timeout.ms", config.session_timeout_ms.to_string());
-    for (key, value) in &config.options {
-        client.set(key, value);
-    }
-    let consumer: StreamConsumer<StageContext> = client
-        .create_with_context(StageContext::new(health.clone()))
-        .context("creating the Kafka consumer")?;
-    consumer
-        .subscribe(&[&config.input_topic])
-        .context("subscribing")?;
-    tracing::info!(stage = config.stage, topic = %config.input_topic, group = %config.group_id, "consuming");
+    let consumer = subscribe(
+        config.stage,
+        &config.brokers,
+        &config.group_id,
+        config.session_timeout_ms,
+        &config.options,
+        &[config.input_topic.as_str()],
+        health,
+    )?;
 
     let mut metrics = StageMetrics::new(config.stage);
     metrics.register(processor.error_codes());
@@ -323,23 +331,7 @@ pub async fn run<P: Processor>(
                     }
                     skip_before.remove(&message.partition());
                 }
-                let headers = message
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key, h.value.unwrap_or_default()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let input = Input {
-                    topic: message.topic(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key(),
-                    payload: message.payload().unwrap_or_default(),
-                    timestamp_ms: message.timestamp().to_millis(),
-                    headers,
-                };
+                let input = Input::from_message(&message);
                 metrics.received.increment(1);
                 metrics.received_bytes.increment(input.payload.len() as u64);
                 let start = Instant::now();
@@ -377,6 +369,48 @@ pub async fn run<P: Processor>(
             outcome = finish(&consumer, processor, &mut metrics, done, pending.len());
         }
     }
+    commit_final(&consumer);
+    producer.flush(Duration::from_secs(10))?;
+    tracing::info!(stage = config.stage, "stage stopped, offsets committed");
+    outcome
+}
+
+/// A consumer in `group`, subscribed to `topics`, configured for at-least-once: auto-commit
+/// on, automatic offset store off (offsets are stored by the loop once outputs are safe).
+pub(crate) fn subscribe(
+    stage: &'static str,
+    brokers: &str,
+    group: &str,
+    session_timeout_ms: u32,
+    options: &[(String, String)],
+    topics: &[&str],
+    health: &HealthHandle,
+) -> anyhow::Result<StreamConsumer<StageContext>> {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("client.id", stage)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "5000")
+        .set("session.timeout.ms", session_timeout_ms.to_string());
+    for (key, value) in options {
+        client.set(key, value);
+    }
+    let consumer: StreamConsumer<StageContext> = client
+        .create_with_context(StageContext::new(health.clone()))
+        .context("creating the Kafka consumer")?;
+    consumer.subscribe(topics).context("subscribing")?;
+    tracing::info!(stage, ?topics, group, "consuming");
+    Ok(consumer)
+}
+
+/// Commits what was stored, synchronously, at shutdown ("nothing to commit" is fine).
+pub(crate) fn commit_final(consumer: &StreamConsumer<StageContext>) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(())
         | Err(rdkafka::error::KafkaError::ConsumerCommit(
@@ -384,9 +418,6 @@ pub async fn run<P: Processor>(
         )) => {}
         Err(e) => tracing::warn!(error = %e, "final commit failed"),
     }
-    producer.flush(Duration::from_secs(10))?;
-    tracing::info!(stage = config.stage, "stage stopped, offsets committed");
-    outcome
 }
 
 fn finish<P: Processor>(

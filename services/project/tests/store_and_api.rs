@@ -72,23 +72,10 @@ fn outcome(symbol: &str, minute: i64, spike: bool) -> Item {
     })
 }
 
-/// Every row of every projection table, in a stable order, as text.
 async fn dump(store: &Store) -> Vec<String> {
-    let mut out = Vec::new();
-    for table in [
-        "bars",
-        "predictions",
-        "prediction_outcomes",
-        "symbol_latest",
-    ] {
-        let rows: Vec<(String,)> =
-            sqlx::query_as(&format!("SELECT t::text FROM {table} t ORDER BY t::text"))
-                .fetch_all(store.pool())
-                .await
-                .expect("dump");
-        out.extend(rows.into_iter().map(|(r,)| format!("{table}: {r}")));
-    }
-    out
+    tidewatch_e2e::dump_projection(store.pool())
+        .await
+        .expect("dump")
 }
 
 #[tokio::test]
