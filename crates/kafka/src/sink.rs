@@ -180,9 +180,14 @@ pub async fn run<S: Sink>(
                 store_health,
             )
             .await;
-            if let Err(e) = flushed {
-                outcome = Err(e);
-                break;
+            match flushed {
+                Ok(Flushed::Written) => {}
+                // Stopping during an outage: nothing stored, so nothing is lost.
+                Ok(Flushed::LeftForRestart) => break,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
             }
         }
         if stopping {
@@ -193,6 +198,14 @@ pub async fn run<S: Sink>(
     producer.flush(Duration::from_secs(10))?;
     tracing::info!(stage = config.stage, "sink stopped, offsets committed");
     outcome
+}
+
+/// What became of a batch.
+enum Flushed {
+    /// Written, dead letters delivered, offsets stored.
+    Written,
+    /// Shutdown came while the store was away: nothing stored, read again after restart.
+    LeftForRestart,
 }
 
 /// Writes the batch (retrying until it succeeds or shutdown), waits for its dead letters,
@@ -210,7 +223,7 @@ async fn flush<S: Sink>(
     max_backoff: Duration,
     shutdown: &Shutdown,
     store_health: &HealthHandle,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Flushed> {
     let start = Instant::now();
     // The items move out for the write; the batch keeps the positions to store.
     let owned: Vec<S::Item> = batch.iter_mut().filter_map(|g| g.item.take()).collect();
@@ -237,7 +250,8 @@ async fn flush<S: Sink>(
                 tracing::warn!(error = format!("{e:#}"), attempt, retry_in = ?backoff, "batch write failed; not consuming until it succeeds");
                 tokio::select! {
                     () = shutdown.cancelled() => {
-                        anyhow::bail!("stopping while the store is unreachable: {} messages left for after restart", batch.len());
+                        tracing::warn!(messages = batch.len(), "stopping while the store is unreachable; the batch is read again after restart");
+                        return Ok(Flushed::LeftForRestart);
                     }
                     () = tokio::time::sleep(backoff) => {}
                 }
@@ -270,7 +284,7 @@ async fn flush<S: Sink>(
     let bytes = batch.iter().map(|g| g.bytes).sum();
     metrics.written(batch.len(), owned.len(), bytes, start.elapsed(), newest_ts);
     batch.clear();
-    Ok(())
+    Ok(Flushed::Written)
 }
 
 struct SinkMetrics {
