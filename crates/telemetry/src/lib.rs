@@ -9,12 +9,14 @@
 //! - [`server`]: the ops router, the middleware stack (request ids, spans, metrics), `serve`.
 //! - [`logging`]: JSON or pretty `tracing` output.
 //! - [`shutdown`]: the one graceful-shutdown signal.
+//! - [`healthcheck`]: the `<service> healthcheck` subcommand containers probe readiness with.
 //!
 //! A service builds one [`Telemetry`] at start, merges [`server::ops_router`] into its
 //! router, wraps it with [`server::instrument`] and serves it with [`server::serve`].
 
 pub mod catalog;
 pub mod health;
+pub mod healthcheck;
 pub mod http;
 pub mod logging;
 pub mod recorder;

@@ -8,6 +8,8 @@ use tidewatch_telemetry::{BuildInfo, Shutdown, Telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `aggregate healthcheck`: the container health probe (no curl in the image).
+    tidewatch_telemetry::healthcheck::exit_if_requested("0.0.0.0:9103");
     let settings = Settings::parse();
     settings.telemetry.init_logging()?;
     let build = BuildInfo::new(SERVICE, env!("CARGO_PKG_VERSION"));
