@@ -20,7 +20,9 @@ use tidewatch_telemetry::{catalog, ComponentHealth, HealthHandle, Shutdown};
 use crate::context::StageContext;
 use crate::dlq::{dead_letter, DLQ_TOPIC};
 use crate::producer::Producer;
-use crate::stage::{commit_final, subscribe, Input};
+use crate::stage::{
+    commit_final, count_dead_letter, count_error, register_error_series, subscribe, Input,
+};
 
 /// Why a message cannot become an item: a bounded code (a metric label and the dead
 /// letter's code) and a sentence for people.
@@ -301,22 +303,11 @@ struct SinkMetrics {
 impl SinkMetrics {
     fn new(stage: &'static str, codes: &[&'static str]) -> Self {
         let s = [("stage", stage)];
-        for error_type in ["consume_failed", "produce_failed", "write_failed"]
-            .iter()
-            .chain(codes)
-        {
-            catalog::COMPONENT_ERRORS
-                .counter(&[("stage", stage), ("error_type", error_type)])
-                .absolute(0);
-        }
-        for code in codes {
-            catalog::DLQ_MESSAGES
-                .counter(&[("stage", stage), ("error_code", code)])
-                .absolute(0);
-        }
-        catalog::COMPONENT_DISCARDED_EVENTS
-            .counter(&[("stage", stage), ("intentional", "true")])
-            .absolute(0);
+        register_error_series(
+            stage,
+            &["consume_failed", "produce_failed", "write_failed"],
+            codes,
+        );
         // A sink produces only dead letters, maybe never: their series exist from the start.
         for outcome in ["acked", "failed"] {
             catalog::KAFKA_PRODUCED
@@ -344,19 +335,12 @@ impl SinkMetrics {
     }
 
     fn error(&self, error_type: &'static str) {
-        catalog::COMPONENT_ERRORS
-            .counter(&[("stage", self.stage), ("error_type", error_type)])
-            .increment(1);
+        count_error(self.stage, error_type);
     }
 
     fn dead_lettered(&self, code: &'static str) {
-        self.error(code);
-        catalog::DLQ_MESSAGES
-            .counter(&[("stage", self.stage), ("error_code", code)])
-            .increment(1);
-        catalog::COMPONENT_DISCARDED_EVENTS
-            .counter(&[("stage", self.stage), ("intentional", "true")])
-            .increment(1);
+        count_error(self.stage, code);
+        count_dead_letter(self.stage, code);
     }
 
     fn written(

@@ -216,38 +216,55 @@ impl StageMetrics {
         total.increment(bytes as u64);
     }
 
-    /// Creates the error and discard series at zero.
     fn register(&self, codes: &[&'static str]) {
-        let s = self.stage;
-        for error_type in ["consume_failed", "produce_failed"].iter().chain(codes) {
-            catalog::COMPONENT_ERRORS
-                .counter(&[("stage", s), ("error_type", error_type)])
-                .absolute(0);
-        }
-        for code in codes {
-            catalog::DLQ_MESSAGES
-                .counter(&[("stage", s), ("error_code", code)])
-                .absolute(0);
-        }
-        catalog::COMPONENT_DISCARDED_EVENTS
-            .counter(&[("stage", s), ("intentional", "true")])
-            .absolute(0);
+        register_error_series(self.stage, &["consume_failed", "produce_failed"], codes);
     }
 
     fn error(&self, error_type: &'static str) {
-        catalog::COMPONENT_ERRORS
-            .counter(&[("stage", self.stage), ("error_type", error_type)])
-            .increment(1);
+        count_error(self.stage, error_type);
     }
 
     fn dead_lettered(&self, error_code: &'static str) {
-        catalog::DLQ_MESSAGES
-            .counter(&[("stage", self.stage), ("error_code", error_code)])
-            .increment(1);
-        catalog::COMPONENT_DISCARDED_EVENTS
-            .counter(&[("stage", self.stage), ("intentional", "true")])
-            .increment(1);
+        count_dead_letter(self.stage, error_code);
     }
+}
+
+/// Creates a stage's error, dead-letter and discard series at zero: an alert on a rate
+/// needs the series before the first event. Shared by the stage and sink loops.
+pub(crate) fn register_error_series(
+    stage: &'static str,
+    error_types: &[&'static str],
+    codes: &[&'static str],
+) {
+    for error_type in error_types.iter().chain(codes) {
+        catalog::COMPONENT_ERRORS
+            .counter(&[("stage", stage), ("error_type", error_type)])
+            .absolute(0);
+    }
+    for code in codes {
+        catalog::DLQ_MESSAGES
+            .counter(&[("stage", stage), ("error_code", code)])
+            .absolute(0);
+    }
+    catalog::COMPONENT_DISCARDED_EVENTS
+        .counter(&[("stage", stage), ("intentional", "true")])
+        .absolute(0);
+}
+
+pub(crate) fn count_error(stage: &'static str, error_type: &'static str) {
+    catalog::COMPONENT_ERRORS
+        .counter(&[("stage", stage), ("error_type", error_type)])
+        .increment(1);
+}
+
+/// A message sent to the dead-letter topic: counted by code and as an intentional discard.
+pub(crate) fn count_dead_letter(stage: &'static str, code: &'static str) {
+    catalog::DLQ_MESSAGES
+        .counter(&[("stage", stage), ("error_code", code)])
+        .increment(1);
+    catalog::COMPONENT_DISCARDED_EVENTS
+        .counter(&[("stage", stage), ("intentional", "true")])
+        .increment(1);
 }
 
 fn now_ms() -> i64 {
