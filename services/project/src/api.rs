@@ -224,6 +224,30 @@ fn check_symbol(s: &str) -> Result<(), ApiError> {
     }
 }
 
+/// What one page of a symbol's time series asks for: `[lower, to)`, at most `limit` rows.
+struct Page {
+    symbol: String,
+    lower: OffsetDateTime,
+    to: OffsetDateTime,
+    limit: i64,
+}
+
+impl Params {
+    /// The symbol, range, limit and cursor every paged endpoint takes, checked.
+    fn page(&self) -> Result<Page, ApiError> {
+        let symbol = self.symbol()?;
+        let (from, to) = self.range()?;
+        let limit = self.limit()?;
+        let lower = lower_bound(from, self.cursor()?);
+        Ok(Page {
+            symbol,
+            lower,
+            to,
+            limit,
+        })
+    }
+}
+
 /// The lower bound of a page: after the cursor, at or after `from`.
 fn lower_bound(from: OffsetDateTime, cursor: Option<OffsetDateTime>) -> OffsetDateTime {
     match cursor {
@@ -492,11 +516,13 @@ pub async fn bars(
         query,
         &["symbol", "interval", "from", "to", "limit", "cursor"],
     )?;
-    let symbol = p.symbol()?;
+    let Page {
+        symbol,
+        lower,
+        to,
+        limit,
+    } = p.page()?;
     let (_, interval) = p.interval()?;
-    let (from, to) = p.range()?;
-    let limit = p.limit()?;
-    let lower = lower_bound(from, p.cursor()?);
     let mut rows: Vec<BarRow> = store
         .metrics()
         .timed(
@@ -634,10 +660,12 @@ pub async fn predictions(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<PredictionPage>, ApiError> {
     let p = Params::parse(query, &["symbol", "from", "to", "limit", "cursor"])?;
-    let symbol = p.symbol()?;
-    let (from, to) = p.range()?;
-    let limit = p.limit()?;
-    let lower = lower_bound(from, p.cursor()?);
+    let Page {
+        symbol,
+        lower,
+        to,
+        limit,
+    } = p.page()?;
     let mut rows: Vec<PredictionRow> = store
         .metrics()
         .timed(
