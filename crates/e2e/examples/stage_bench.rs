@@ -130,6 +130,7 @@ async fn stage<P: Processor>(
         max_in_flight: 1000,
         session_timeout_ms: 10_000,
         options: Vec::new(),
+        faults: tidewatch_web::Faults::new(&[]),
     };
     let handle = health.handle(
         "broker",

@@ -3,11 +3,15 @@
 //! health, the stage loop or the batch sink loop, and shutdown.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use secrecy::SecretString;
 use tidewatch_telemetry::server::{instrument, ops_router, serve};
 use tidewatch_telemetry::{ComponentHealth, Criticality, HealthHandle, Shutdown, Telemetry};
+use tidewatch_web::faults::{self, Fault, Faults};
+use tidewatch_web::AdminAuth;
 use tokio::net::TcpListener;
 
 use crate::dlq::DLQ_TOPIC;
@@ -38,6 +42,14 @@ pub struct StageArgs {
     /// Extra librdkafka consumer properties, `key=value`, comma-separated.
     #[arg(long = "consumer-option", env = "KAFKA_CONSUMER_OPTIONS", value_delimiter = ',', value_parser = key_value)]
     pub consumer_options: Vec<(String, String)>,
+    /// Bearer token for the admin endpoints (fault injection); unset, they answer 403.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = secret)]
+    #[serde(skip)]
+    pub admin_token: Option<SecretString>,
+}
+
+fn secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s.to_owned()))
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -71,7 +83,11 @@ pub struct StageService {
     inputs: Vec<String>,
     producer: Producer,
     api: Option<axum::Router>,
+    faults: Faults,
 }
+
+/// Largest admin request body (a fault switch is a few bytes).
+const ADMIN_BODY_LIMIT: usize = 16 * 1024;
 
 impl StageService {
     /// Creates missing topics, connects the producer and binds the ops listener.
@@ -126,6 +142,7 @@ impl StageService {
             inputs: input_topics.iter().map(|t| (*t).to_owned()).collect(),
             producer,
             api: None,
+            faults: Faults::new(&Fault::STAGE),
         })
     }
 
@@ -133,6 +150,18 @@ impl StageService {
     pub fn with_api(mut self, api: axum::Router) -> Self {
         self.api = Some(api);
         self
+    }
+
+    /// Replaces the default fault switches (processing slowdown and readiness) with
+    /// `faults`, for a service with more (an API's, a store's). Call before [`Self::run`].
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// The service's fault switches (`/v1/admin/faults`).
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -174,6 +203,7 @@ impl StageService {
             max_in_flight: self.args.max_in_flight.max(1),
             session_timeout_ms: self.args.session_timeout_ms,
             options: self.consumer_options(),
+            faults: self.faults.clone(),
         };
         self.serve_around(shutdown.clone(), |producer, broker| async move {
             stage::run(&config, &producer, &mut processor, &shutdown, &broker).await
@@ -200,6 +230,7 @@ impl StageService {
             max_backoff: Duration::from_millis(batch.retry_max_backoff_ms.max(1)),
             session_timeout_ms: self.args.session_timeout_ms,
             options: self.consumer_options(),
+            faults: self.faults.clone(),
         };
         let store = self.telemetry.health.handle(
             store_name,
@@ -224,6 +255,8 @@ impl StageService {
             telemetry,
             producer,
             api,
+            faults,
+            args,
             ..
         } = self;
         telemetry.metrics.spawn_upkeep(shutdown.token());
@@ -234,7 +267,10 @@ impl StageService {
         );
         tracing::info!(addr = %listener.local_addr()?, "listening");
         let server_stop = Shutdown::new();
-        let ops = ops_router(telemetry.clone());
+        faults.register_health(&telemetry.health);
+        let admin = Arc::new(AdminAuth::new(args.admin_token.clone()));
+        let ops =
+            ops_router(telemetry.clone()).merge(faults::router(faults, admin, ADMIN_BODY_LIMIT));
         let app = instrument(match api {
             Some(api) => api.merge(ops),
             None => ops,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use tidewatch_telemetry::{catalog, ComponentHealth, HealthHandle, Shutdown};
+use tidewatch_web::Faults;
 
 use crate::context::StageContext;
 use crate::dlq::{dead_letter, DLQ_TOPIC};
@@ -65,6 +66,8 @@ pub struct SinkConfig {
     pub session_timeout_ms: u32,
     /// Extra librdkafka properties, applied last.
     pub options: Vec<(String, String)>,
+    /// Fault switches; the loop honours the processing slowdown.
+    pub faults: Faults,
 }
 
 /// A message in the batch being gathered: where it came from and what it became.
@@ -137,6 +140,7 @@ pub async fn run<S: Sink>(
             };
             let input = Input::from_message(&message);
             metrics.received(input.payload.len());
+            config.faults.slow_down().await;
             let item = match sink.decode(&input) {
                 Ok(item) => Some(item),
                 Err(Rejected { code, reason }) => {

@@ -23,6 +23,7 @@ use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::Headers as _;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tidewatch_telemetry::{catalog, HealthHandle, Shutdown};
+use tidewatch_web::Faults;
 
 use crate::context::{AssignmentChange, StageContext};
 use crate::dlq::dead_letter;
@@ -165,6 +166,8 @@ pub struct StageConfig {
     pub session_timeout_ms: u32,
     /// Extra librdkafka properties, applied last.
     pub options: Vec<(String, String)>,
+    /// Fault switches; the loop honours the processing slowdown.
+    pub faults: Faults,
 }
 
 type Pending = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -352,6 +355,7 @@ pub async fn run<P: Processor>(
                 metrics.received.increment(1);
                 metrics.received_bytes.increment(input.payload.len() as u64);
                 let start = Instant::now();
+                config.faults.slow_down().await;
                 let records = match processor.process(&input).await {
                     Outcome::Emit(records) => records,
                     Outcome::Abandon => {

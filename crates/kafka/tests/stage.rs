@@ -85,6 +85,7 @@ async fn every_message_is_transformed_or_dead_lettered_once_and_offsets_are_comm
         max_in_flight: 64,
         session_timeout_ms: 10_000,
         options: Vec::new(),
+        faults: tidewatch_web::Faults::new(&[]),
     };
     let shutdown = Shutdown::new();
     let health = Health::new().handle(

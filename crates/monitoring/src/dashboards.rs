@@ -94,6 +94,10 @@ fn overview() -> Dashboard {
                 r#"count by (alertname) (ALERTS{alertstate="firing"}) or vector(0)"#,
                 "{{alertname}}",
             )]).stat().red_above(1.0),
+            panel("Injected faults", "short", "Fault switches turned on through PUT /v1/admin/faults (error rate, milliseconds, or 1); anything but 0 means a failure on this dashboard is injected, not real.", &[(
+                "max by (service, fault) (tidewatch_fault_injected{SEL} != 0) or vector(0)",
+                "{{service}} {{fault}}",
+            )]).stat().red_above(0.000001),
             panel("Request rate", "reqps", "HTTP requests per second by service.", &[(
                 "sum by (service) (rate(http_server_requests_total{SEL}[$__rate_interval]))",
                 "{{service}}",

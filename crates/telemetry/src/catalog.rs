@@ -423,6 +423,16 @@ pub const ADMIN_ACTIONS: MetricDef = MetricDef {
     group: Group::Admin,
 };
 
+pub const FAULT_INJECTED: MetricDef = MetricDef {
+    name: "tidewatch_fault_injected",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["fault"],
+    help: "Injected fault switches (PUT /v1/admin/faults): the error rate, the latency or slowdown in milliseconds, or 1 for an on/off switch; 0 when off.",
+    buckets: &[],
+    group: Group::Admin,
+};
+
 // --- Kafka and streaming stages (after Vector's component specification) ---
 
 /// Produce round trips on loopback take milliseconds; across a network, more.
@@ -998,6 +1008,7 @@ pub const ALL: &[&MetricDef] = &[
     &MODEL_HELDOUT_SCORE,
     &ADMIN_AUTH_FAILURES,
     &ADMIN_ACTIONS,
+    &FAULT_INJECTED,
     &KAFKA_PRODUCED,
     &KAFKA_PRODUCE_DURATION,
     &KAFKA_CONSUMER_LAG,

@@ -27,6 +27,9 @@ pub fn ops_router(telemetry: Telemetry) -> Router {
 }
 
 async fn metrics(State(t): State<Telemetry>) -> Response {
+    // The health gauges are refreshed on every scrape, so ReadinessFailing sees what a
+    // probe would see even when nothing else probes the service.
+    t.health.report().await;
     let body = t.metrics.render();
     (
         [(

@@ -5,11 +5,16 @@
 //! - [`extract`]: [`JsonBody`], a JSON extractor that checks content type and size and
 //!   names the failing field path; [`extract::parse`] and [`extract::from_value`] for parts.
 //! - [`admin`]: the admin bearer token, compared in constant time, refusals counted.
+//! - [`shed`]: a global limit on requests in flight, above which requests get a fast 503.
+//! - [`faults`]: fault-injection switches behind the admin token, for the alert scenarios.
 
 pub mod admin;
 pub mod error;
 pub mod extract;
+pub mod faults;
+pub mod shed;
 
 pub use admin::{AdminAuth, AuthFailure};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use extract::{BodyLimit, JsonBody};
+pub use faults::{Fault, Faults};

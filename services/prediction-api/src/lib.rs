@@ -32,7 +32,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::events::ApiMetrics;
 use crate::settings::Settings;
 use crate::state::AppState;
-use tidewatch_web::ApiError;
+use tidewatch_web::{ApiError, BodyLimit as _};
 
 pub const SERVICE: &str = "prediction-api";
 
@@ -73,10 +73,18 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
 }
 
 /// The whole service: API, OpenAPI document, ops endpoints, JSON 404/405, instrumentation.
+/// Injected faults (`/v1/admin/faults`) and the concurrency limit apply to the API routes
+/// only, never to the ops or admin fault routes, so a fault can always be seen and cleared
+/// and probes answer under overload.
 pub fn router(state: AppState, telemetry: Telemetry) -> Router {
+    let faults = state.faults().clone();
+    let fault_admin =
+        tidewatch_web::faults::router(faults.clone(), state.admin_handle(), state.max_body_bytes());
+    let max_concurrent = state.settings().max_concurrent_requests;
     let (api, doc) = api(state);
-    let app = api
+    let app = tidewatch_web::shed::limit(faults.wrap(api), max_concurrent)
         .route("/openapi.json", get(move || async move { Json(doc) }))
+        .merge(fault_admin)
         .merge(ops_router(telemetry))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
@@ -126,6 +134,7 @@ impl Application {
                 ));
                 async move { health }
             });
+        state.faults().register_health(&telemetry.health);
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;

@@ -35,6 +35,10 @@ pub struct Settings {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// API requests served at once, at most; more get a fast 503 `overloaded` with
+    /// Retry-After instead of queueing (0: no limit). Ops endpoints are never limited.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 128)]
+    pub max_concurrent_requests: usize,
     /// Seconds to let in-flight requests finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
@@ -67,6 +71,7 @@ impl Settings {
                 "unset (admin disabled)"
             },
             max_body_bytes: self.max_body_bytes,
+            max_concurrent_requests: self.max_concurrent_requests,
             shutdown_grace_seconds: self.shutdown_grace_seconds,
             log_format: self.telemetry.log_format,
             log_level: self.telemetry.log_level.clone(),
@@ -82,6 +87,7 @@ pub struct PublicSettings {
     pub variant: Variant,
     pub admin_token: &'static str,
     pub max_body_bytes: usize,
+    pub max_concurrent_requests: usize,
     pub shutdown_grace_seconds: u64,
     #[schema(value_type = String)]
     pub log_format: tidewatch_telemetry::LogFormat,

@@ -7,7 +7,7 @@ use secrecy::SecretString;
 use tidewatch_model::monitor::DriftMonitor;
 use tidewatch_model::{Model, Variant};
 use tidewatch_telemetry::{BuildInfo, Metrics};
-use tidewatch_web::{AdminAuth, BodyLimit};
+use tidewatch_web::{AdminAuth, BodyLimit, Fault, Faults};
 
 use crate::events::ApiMetrics;
 use crate::settings::PublicSettings;
@@ -21,7 +21,8 @@ pub struct AppState {
 struct Inner {
     model: Model,
     variant: AtomicU8,
-    admin: AdminAuth,
+    admin: Arc<AdminAuth>,
+    faults: Faults,
     max_body_bytes: usize,
     metrics: ApiMetrics,
     build: BuildInfo,
@@ -63,7 +64,8 @@ impl AppState {
             inner: Arc::new(Inner {
                 model,
                 variant: AtomicU8::new(encode(variant)),
-                admin: AdminAuth::new(admin_token),
+                admin: Arc::new(AdminAuth::new(admin_token)),
+                faults: Faults::new(&Fault::API),
                 max_body_bytes,
                 metrics,
                 build,
@@ -92,6 +94,16 @@ impl AppState {
 
     pub fn admin(&self) -> &AdminAuth {
         &self.inner.admin
+    }
+
+    /// The admin token check, shared with the fault-injection routes.
+    pub fn admin_handle(&self) -> Arc<AdminAuth> {
+        self.inner.admin.clone()
+    }
+
+    /// The API's fault switches (error rate, latency, readiness).
+    pub fn faults(&self) -> &Faults {
+        &self.inner.faults
     }
 
     pub fn metrics(&self) -> &ApiMetrics {

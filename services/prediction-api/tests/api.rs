@@ -586,6 +586,7 @@ async fn unknown_paths_collapse_into_one_route_label() {
         "/v1/drift/status",
         "/v1/drift/update",
         "/v1/admin/drift/reset",
+        "/v1/admin/faults",
         "/openapi.json",
         "/metrics",
         "/health",
@@ -854,4 +855,74 @@ async fn reported_outcomes_drive_the_drift_detectors_until_an_admin_resets_them(
     let body: Value = reset.json().await.expect("json");
     assert_eq!(body["drift_detected"], false, "{body}");
     assert_eq!(body["samples"], 0);
+}
+
+/// Above the concurrency limit a request is shed at once with a 503 naming the reason,
+/// while probes and metrics still answer. The injected latency fault holds the only place.
+#[tokio::test]
+async fn requests_beyond_the_limit_are_shed_with_503_and_probes_still_answer() {
+    let settings = Settings::try_parse_from([
+        "prediction-api",
+        "--listen",
+        "127.0.0.1:0",
+        "--model",
+        &model_path(),
+        "--admin-token",
+        "t0ken",
+        "--max-concurrent-requests",
+        "1",
+    ])
+    .expect("settings");
+    let telemetry = Telemetry::new(BuildInfo::new(SERVICE, "test")).expect("telemetry");
+    let app = Application::build(&settings, telemetry).await.expect("app");
+    let base = format!("http://{}", app.local_addr().expect("addr"));
+    let shutdown = Shutdown::new();
+    tokio::spawn(app.run(shutdown.clone()));
+    let client = reqwest::Client::new();
+    let res = client
+        .put(format!("{base}/v1/admin/faults"))
+        .bearer_auth("t0ken")
+        .json(&json!({"latency_ms": 1500}))
+        .send()
+        .await
+        .expect("faults");
+    assert_eq!(res.status(), 200);
+    let body = json!({"symbol": "BTC-USD", "features": {"ret_1m": 0.001, "ret_5m": 0.003,
+        "vol_5m": 0.004, "vol_15m": 0.003, "volume_z": 2.0, "trade_rate": 8.0}});
+    let slow = tokio::spawn({
+        let (client, url, body) = (client.clone(), format!("{base}/v1/predict"), body.clone());
+        async move {
+            client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .expect("slow")
+                .status()
+        }
+    });
+    // The first request holds the place for 1.5 s; the second finds it taken.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let shed = client
+        .post(format!("{base}/v1/predict"))
+        .json(&body)
+        .send()
+        .await
+        .expect("shed");
+    assert_eq!(shed.status(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let err: Value = shed.json().await.expect("json");
+    assert_eq!(err["error"]["code"], "overloaded");
+    let ready = client
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .expect("ready");
+    assert_eq!(ready.status(), 200, "probes are not limited");
+    assert_eq!(
+        slow.await.expect("slow task"),
+        200,
+        "the admitted request is served"
+    );
+    shutdown.trigger();
 }

@@ -89,12 +89,14 @@ impl Params {
         let mut map = HashMap::new();
         for (name, value) in pairs {
             if !known.contains(&name.as_str()) {
+                // A nameless parameter (`?=x`, `?&`) is a fault of the query string as a whole.
+                let field = if name.is_empty() { "query" } else { &name };
                 return Err(ApiError::client(
                     StatusCode::BAD_REQUEST,
                     "unknown_parameter",
-                    Some(&name),
+                    Some(field),
                     format!(
-                        "unknown parameter; this endpoint takes {}",
+                        "unknown parameter {name:?}; this endpoint takes {}",
                         known.join(", ")
                     ),
                 ));
@@ -287,6 +289,7 @@ struct SymbolRow {
 /// The symbols the projection holds, with their last price.
 #[utoipa::path(get, path = "/v1/symbols", tag = "read", responses((status = 200, body = SymbolList), (status = 503, body = ErrorBody)))]
 pub async fn symbols(State(store): State<Store>) -> Result<Json<SymbolList>, ApiError> {
+    store.reachable().map_err(db_error)?;
     let rows: Vec<SymbolRow> = store
         .metrics()
         .timed(
@@ -393,6 +396,7 @@ pub async fn latest(
     Path(symbol): Path<String>,
 ) -> Result<Json<Latest>, ApiError> {
     check_symbol(&symbol)?;
+    store.reachable().map_err(db_error)?;
     let row: Option<LatestRow> = store
         .metrics()
         .timed(
@@ -523,6 +527,7 @@ pub async fn bars(
         limit,
     } = p.page()?;
     let (_, interval) = p.interval()?;
+    store.reachable().map_err(db_error)?;
     let mut rows: Vec<BarRow> = store
         .metrics()
         .timed(
@@ -666,6 +671,7 @@ pub async fn predictions(
         to,
         limit,
     } = p.page()?;
+    store.reachable().map_err(db_error)?;
     let mut rows: Vec<PredictionRow> = store
         .metrics()
         .timed(

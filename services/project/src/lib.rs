@@ -25,6 +25,7 @@ use tidewatch_schema::{
     BarRecord, OutcomeRecord, PredictionRecord, TOPIC_BARS, TOPIC_OUTCOMES, TOPIC_PREDICTIONS,
 };
 use tidewatch_telemetry::{ComponentHealth, Criticality, Shutdown, Telemetry, TelemetryArgs};
+use tidewatch_web::{Fault, Faults};
 
 use crate::store::{Item, Store};
 
@@ -46,6 +47,10 @@ pub struct Settings {
     pub predictions_topic: String,
     #[arg(long, env = "OUTCOMES_TOPIC", default_value = TOPIC_OUTCOMES)]
     pub outcomes_topic: String,
+    /// Read API requests served at once, at most; more get a fast 503 `overloaded` with
+    /// Retry-After instead of queueing for a database connection (0: no limit).
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 64)]
+    pub max_concurrent_requests: usize,
     #[command(flatten)]
     pub batch: BatchArgs,
     #[command(flatten)]
@@ -63,6 +68,7 @@ impl Settings {
             "bars_topic": self.bars_topic,
             "predictions_topic": self.predictions_topic,
             "outcomes_topic": self.outcomes_topic,
+            "max_concurrent_requests": self.max_concurrent_requests,
             "batch": self.batch,
             "database": self.database,
             "stage": self.stage,
@@ -83,13 +89,20 @@ pub struct Project {
 impl Project {
     pub async fn build(settings: &Settings, telemetry: Telemetry) -> anyhow::Result<Self> {
         let pool = tidewatch_db::connect_and_migrate(&settings.database).await?;
-        let store = Store::new(pool.clone());
+        let faults = Faults::new(&[
+            Fault::ErrorRate,
+            Fault::LatencyMs,
+            Fault::SlowdownMs,
+            Fault::DatabaseUnreachable,
+        ]);
+        let store = Store::new(pool).with_faults(faults.clone());
+        let probe = store.clone();
         telemetry
             .health
             .register("database", Criticality::Critical, move || {
-                let pool = pool.clone();
+                let store = probe.clone();
                 async move {
-                    match store::ping(&pool, Duration::from_secs(1)).await {
+                    match store.ping(Duration::from_secs(1)).await {
                         Ok(()) => ComponentHealth::healthy("reachable"),
                         Err(e) => ComponentHealth::unhealthy(format!("unreachable: {e:#}")),
                     }
@@ -108,7 +121,11 @@ impl Project {
             telemetry,
         )
         .await?
-        .with_api(api::router(store.clone()));
+        .with_faults(faults.clone())
+        .with_api(tidewatch_web::shed::limit(
+            faults.wrap(api::router(store.clone())),
+            settings.max_concurrent_requests,
+        ));
         Ok(Self {
             service,
             projection: Projection::new(settings, store),

@@ -15,6 +15,7 @@ use metrics::{Counter, Histogram};
 use sqlx::PgPool;
 use tidewatch_schema::{BarRecord, OutcomeRecord, PredictionRecord};
 use tidewatch_telemetry::{catalog, Shutdown};
+use tidewatch_web::Faults;
 use time::OffsetDateTime;
 
 /// One decoded message of the projection's input topics.
@@ -230,6 +231,8 @@ pub struct Store {
     metrics: DbMetrics,
     /// Whether the previous write failed: the next one is a retry.
     failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// `database_unreachable` makes every query fail as a refused connection would.
+    faults: Option<Faults>,
 }
 
 impl Store {
@@ -238,7 +241,39 @@ impl Store {
             pool,
             metrics: DbMetrics::default(),
             failing: Default::default(),
+            faults: None,
         }
+    }
+
+    /// Honours the `database_unreachable` switch of `faults`.
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
+    /// Fails like a refused connection while the `database_unreachable` fault is on.
+    pub fn reachable(&self) -> Result<(), sqlx::Error> {
+        if self
+            .faults
+            .as_ref()
+            .is_some_and(Faults::database_unreachable)
+        {
+            return Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "database unreachable (fault injected)",
+            )));
+        }
+        Ok(())
+    }
+
+    /// A `SELECT 1` within `timeout`: the database health probe.
+    pub async fn ping(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.reachable()?;
+        tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&self.pool))
+            .await
+            .context("no answer")?
+            .context("query failed")?;
+        Ok(())
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -277,6 +312,7 @@ impl Store {
     }
 
     async fn try_write(&self, items: &[Item]) -> Result<Written, sqlx::Error> {
+        self.reachable()?;
         let batch = Batch::dedup(items);
         let m = &self.metrics;
         let mut tx = m.timed("begin", self.pool.begin()).await?;
@@ -455,15 +491,6 @@ pub fn spawn_pool_sampler(pool: PgPool, max: u32, shutdown: Shutdown) {
             }
         }
     });
-}
-
-/// A `SELECT 1` within `timeout`: the database health probe.
-pub async fn ping(pool: &PgPool, timeout: Duration) -> anyhow::Result<()> {
-    tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(pool))
-        .await
-        .context("no answer")?
-        .context("query failed")?;
-    Ok(())
 }
 
 #[cfg(test)]

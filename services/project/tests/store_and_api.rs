@@ -306,6 +306,7 @@ async fn every_bad_parameter_is_a_4xx_naming_it() {
         ("/v1/bars?symbol=BTC-USD&limit=ten", 422, "limit"),
         ("/v1/bars?symbol=BTC-USD&cursor=abc", 422, "cursor"),
         ("/v1/bars?symbol=BTC-USD&sort=desc", 400, "sort"),
+        ("/v1/bars?symbol=BTC-USD&=x", 400, "query"),
         ("/v1/bars?symbol=BTC-USD&symbol=ETH-USD", 400, "symbol"),
         ("/v1/predictions?from=2026-01-01T00:00:00Z", 400, "symbol"),
         (

@@ -1,0 +1,475 @@
+//! Fault injection: switches that make a running service fail the way real services fail, so
+//! that the alerts meant to catch each failure can be seen firing and resolving
+//! (`scripts/scenario`). Every switch is off by default, each service declares the switches
+//! that mean something for it, and the switches sit behind the admin token:
+//!
+//! - `GET /v1/admin/faults`: the current switches (needs the token too: it tells an
+//!   attacker what is broken);
+//! - `PUT /v1/admin/faults` `{"error_rate": 0.5, "latency_ms": 800, "slowdown_ms": 20,
+//!   "not_ready": true, "database_unreachable": true}`: sets the fields given, leaves the
+//!   others; a field the service does not support is a 422 naming it;
+//! - `DELETE /v1/admin/faults`: everything off.
+//!
+//! Each switch's value is the gauge `tidewatch_fault_injected{fault}`, so a dashboard shows
+//! when a failure is injected rather than real.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics::{Counter, Gauge};
+use serde::{Deserialize, Serialize};
+use tidewatch_telemetry::{catalog, ComponentHealth, Criticality, Health, HealthHandle};
+
+use crate::{AdminAuth, ApiError, BodyLimit, JsonBody};
+
+/// Added latency and slowdown above this are refused: a fault is a test, not a hang.
+pub const MAX_DELAY_MS: u64 = 60_000;
+
+/// A fault switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Share of API requests answered with a 500.
+    ErrorRate,
+    /// Milliseconds added to every API request.
+    LatencyMs,
+    /// Milliseconds added to the processing of every consumed message (a lag spike).
+    SlowdownMs,
+    /// Readiness fails (a critical health component turns unhealthy).
+    NotReady,
+    /// The store's database behaves as unreachable: writes and pings fail.
+    DatabaseUnreachable,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 5] = [
+        Fault::ErrorRate,
+        Fault::LatencyMs,
+        Fault::SlowdownMs,
+        Fault::NotReady,
+        Fault::DatabaseUnreachable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::ErrorRate => "error_rate",
+            Fault::LatencyMs => "latency_ms",
+            Fault::SlowdownMs => "slowdown_ms",
+            Fault::NotReady => "not_ready",
+            Fault::DatabaseUnreachable => "database_unreachable",
+        }
+    }
+
+    /// Switches for an HTTP API's requests.
+    pub const API: [Fault; 2] = [Fault::ErrorRate, Fault::LatencyMs];
+    /// Switches for a consumer of a topic.
+    pub const STAGE: [Fault; 1] = [Fault::SlowdownMs];
+}
+
+/// The switches of one service; cheap to clone, shared by its routes and loops.
+#[derive(Clone)]
+pub struct Faults {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    supported: Vec<Fault>,
+    error_rate_bits: AtomicU64,
+    latency_ms: AtomicU64,
+    slowdown_ms: AtomicU64,
+    not_ready: AtomicBool,
+    database_unreachable: AtomicBool,
+    gauges: [Gauge; 5],
+    readiness: Mutex<Option<HealthHandle>>,
+}
+
+impl std::fmt::Debug for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faults")
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// The switches as the API shows them (only the service's own).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultState {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slowdown_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_ready: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_unreachable: Option<bool>,
+}
+
+impl FaultState {
+    fn given(&self) -> impl Iterator<Item = Fault> + '_ {
+        Fault::ALL.into_iter().filter(|f| match f {
+            Fault::ErrorRate => self.error_rate.is_some(),
+            Fault::LatencyMs => self.latency_ms.is_some(),
+            Fault::SlowdownMs => self.slowdown_ms.is_some(),
+            Fault::NotReady => self.not_ready.is_some(),
+            Fault::DatabaseUnreachable => self.database_unreachable.is_some(),
+        })
+    }
+}
+
+impl Faults {
+    /// All switches off; `supported` are the ones this service honours. `NotReady` is
+    /// always supported: every service has a readiness probe.
+    pub fn new(supported: &[Fault]) -> Self {
+        let mut supported = supported.to_vec();
+        if !supported.contains(&Fault::NotReady) {
+            supported.push(Fault::NotReady);
+        }
+        let gauges = Fault::ALL.map(|f| {
+            let g = catalog::FAULT_INJECTED.gauge(&[("fault", f.as_str())]);
+            g.set(0.0);
+            g
+        });
+        Self {
+            inner: Arc::new(Inner {
+                supported,
+                error_rate_bits: AtomicU64::new(0f64.to_bits()),
+                latency_ms: AtomicU64::new(0),
+                slowdown_ms: AtomicU64::new(0),
+                not_ready: AtomicBool::new(false),
+                database_unreachable: AtomicBool::new(false),
+                gauges,
+                readiness: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Registers the critical health component `fault_injection` that `not_ready` turns
+    /// unhealthy. Call once, with the service's health registry.
+    pub fn register_health(&self, health: &Health) {
+        let handle = health.handle(
+            "fault_injection",
+            Criticality::Critical,
+            ComponentHealth::healthy("no fault injected"),
+        );
+        *self.lock_readiness() = Some(handle);
+        self.apply_readiness();
+    }
+
+    fn lock_readiness(&self) -> std::sync::MutexGuard<'_, Option<HealthHandle>> {
+        self.inner
+            .readiness
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn apply_readiness(&self) {
+        if let Some(handle) = self.lock_readiness().as_ref() {
+            handle.set(if self.not_ready() {
+                ComponentHealth::unhealthy("readiness failure injected (PUT /v1/admin/faults)")
+            } else {
+                ComponentHealth::healthy("no fault injected")
+            });
+        }
+    }
+
+    pub fn supports(&self, fault: Fault) -> bool {
+        self.inner.supported.contains(&fault)
+    }
+
+    pub fn error_rate(&self) -> f64 {
+        f64::from_bits(self.inner.error_rate_bits.load(Ordering::Relaxed))
+    }
+
+    pub fn latency(&self) -> Duration {
+        Duration::from_millis(self.inner.latency_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn slowdown(&self) -> Duration {
+        Duration::from_millis(self.inner.slowdown_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn not_ready(&self) -> bool {
+        self.inner.not_ready.load(Ordering::Relaxed)
+    }
+
+    pub fn database_unreachable(&self) -> bool {
+        self.inner.database_unreachable.load(Ordering::Relaxed)
+    }
+
+    /// Waits out the injected per-message slowdown, if any.
+    pub async fn slow_down(&self) {
+        let delay = self.slowdown();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// The service's switches and their values.
+    pub fn state(&self) -> FaultState {
+        let has = |f| self.supports(f);
+        FaultState {
+            error_rate: has(Fault::ErrorRate).then(|| self.error_rate()),
+            latency_ms: has(Fault::LatencyMs).then(|| self.latency().as_millis() as u64),
+            slowdown_ms: has(Fault::SlowdownMs).then(|| self.slowdown().as_millis() as u64),
+            not_ready: has(Fault::NotReady).then(|| self.not_ready()),
+            database_unreachable: has(Fault::DatabaseUnreachable)
+                .then(|| self.database_unreachable()),
+        }
+    }
+
+    /// Checks every given field (supported here, in range) before changing anything.
+    pub fn apply(&self, change: &FaultState) -> Result<(), ApiError> {
+        for fault in change.given() {
+            if !self.supports(fault) {
+                return Err(ApiError::invalid(
+                    fault.as_str(),
+                    "unsupported_fault",
+                    format!(
+                        "this service has no {} fault; it supports {}",
+                        fault.as_str(),
+                        self.inner
+                            .supported
+                            .iter()
+                            .map(|f| f.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        if let Some(rate) = change.error_rate {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(ApiError::invalid(
+                    "error_rate",
+                    "invalid_value",
+                    "error_rate must be between 0 and 1",
+                ));
+            }
+        }
+        for (field, value) in [
+            ("latency_ms", change.latency_ms),
+            ("slowdown_ms", change.slowdown_ms),
+        ] {
+            if value.is_some_and(|ms| ms > MAX_DELAY_MS) {
+                return Err(ApiError::invalid(
+                    field,
+                    "invalid_value",
+                    format!("{field} must be at most {MAX_DELAY_MS}"),
+                ));
+            }
+        }
+        let inner = &self.inner;
+        if let Some(rate) = change.error_rate {
+            inner
+                .error_rate_bits
+                .store(rate.to_bits(), Ordering::Relaxed);
+            inner.gauges[0].set(rate);
+        }
+        if let Some(ms) = change.latency_ms {
+            inner.latency_ms.store(ms, Ordering::Relaxed);
+            inner.gauges[1].set(ms as f64);
+        }
+        if let Some(ms) = change.slowdown_ms {
+            inner.slowdown_ms.store(ms, Ordering::Relaxed);
+            inner.gauges[2].set(ms as f64);
+        }
+        if let Some(on) = change.not_ready {
+            inner.not_ready.store(on, Ordering::Relaxed);
+            inner.gauges[3].set(f64::from(u8::from(on)));
+            self.apply_readiness();
+        }
+        if let Some(on) = change.database_unreachable {
+            inner.database_unreachable.store(on, Ordering::Relaxed);
+            inner.gauges[4].set(f64::from(u8::from(on)));
+        }
+        Ok(())
+    }
+
+    /// Every switch off.
+    pub fn clear(&self) {
+        let has = |f| self.supports(f);
+        let off = FaultState {
+            error_rate: has(Fault::ErrorRate).then_some(0.0),
+            latency_ms: has(Fault::LatencyMs).then_some(0),
+            slowdown_ms: has(Fault::SlowdownMs).then_some(0),
+            not_ready: has(Fault::NotReady).then_some(false),
+            database_unreachable: has(Fault::DatabaseUnreachable).then_some(false),
+        };
+        // Every field is supported and in range.
+        let _ = self.apply(&off);
+    }
+
+    /// Middleware for an API's routes (never the ops or admin routes): the injected latency,
+    /// then the injected share of 500s.
+    pub async fn middleware(
+        State(faults): State<Faults>,
+        request: Request,
+        next: Next,
+    ) -> Response {
+        let latency = faults.latency();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let rate = faults.error_rate();
+        if rate > 0.0 && rand::random::<f64>() < rate {
+            tracing::debug!("injected error");
+            return ApiError::from(anyhow::anyhow!("injected fault (error_rate {rate})"))
+                .into_response();
+        }
+        next.run(request).await
+    }
+
+    /// Layers [`Faults::middleware`] onto `api`.
+    pub fn wrap<S: Clone + Send + Sync + 'static>(&self, api: Router<S>) -> Router<S> {
+        api.layer(axum::middleware::from_fn_with_state(
+            self.clone(),
+            Self::middleware,
+        ))
+    }
+}
+
+/// The admin routes' state: the switches, the token and the body limit.
+#[derive(Clone)]
+struct AdminState {
+    faults: Faults,
+    admin: Arc<AdminAuth>,
+    max_body_bytes: usize,
+    actions: [Counter; 2],
+}
+
+impl BodyLimit for AdminState {
+    fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+}
+
+/// `/v1/admin/faults` (GET, PUT, DELETE) behind `admin`.
+pub fn router(faults: Faults, admin: Arc<AdminAuth>, max_body_bytes: usize) -> Router {
+    let actions = ["set_faults", "clear_faults"].map(|a| {
+        let c = catalog::ADMIN_ACTIONS.counter(&[("action", a)]);
+        c.absolute(0);
+        c
+    });
+    Router::new()
+        .route("/v1/admin/faults", get(show).put(set).delete(clear))
+        .with_state(AdminState {
+            faults,
+            admin,
+            max_body_bytes,
+            actions,
+        })
+}
+
+async fn show(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+) -> Result<Json<FaultState>, ApiError> {
+    state.admin.authorize(&headers)?;
+    Ok(Json(state.faults.state()))
+}
+
+async fn set(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Result<JsonBody<FaultState>, ApiError>,
+) -> Result<Json<FaultState>, ApiError> {
+    state.admin.authorize(&headers)?;
+    let JsonBody(change) = body?;
+    state.faults.apply(&change)?;
+    state.actions[0].increment(1);
+    tracing::warn!(faults = ?state.faults.state(), "faults injected");
+    Ok(Json(state.faults.state()))
+}
+
+async fn clear(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+) -> Result<Json<FaultState>, ApiError> {
+    state.admin.authorize(&headers)?;
+    state.faults.clear();
+    state.actions[1].increment(1);
+    tracing::info!("faults cleared");
+    Ok(Json(state.faults.state()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(e: ApiError) -> Option<String> {
+        match e {
+            ApiError::Client { detail, .. } => detail.field,
+            ApiError::Unexpected(_) => None,
+        }
+    }
+
+    #[test]
+    fn only_supported_switches_in_range_change() {
+        let faults = Faults::new(&Fault::API);
+        assert!(faults.supports(Fault::NotReady), "readiness always");
+        let err = faults
+            .apply(&FaultState {
+                error_rate: Some(0.5),
+                slowdown_ms: Some(10),
+                ..FaultState::default()
+            })
+            .unwrap_err();
+        assert_eq!(field(err).as_deref(), Some("slowdown_ms"));
+        assert_eq!(faults.error_rate(), 0.0, "nothing changed on a refusal");
+        let err = faults
+            .apply(&FaultState {
+                error_rate: Some(1.5),
+                ..FaultState::default()
+            })
+            .unwrap_err();
+        assert_eq!(field(err).as_deref(), Some("error_rate"));
+        faults
+            .apply(&FaultState {
+                error_rate: Some(0.25),
+                latency_ms: Some(100),
+                not_ready: Some(true),
+                ..FaultState::default()
+            })
+            .unwrap();
+        assert_eq!(faults.error_rate(), 0.25);
+        assert_eq!(faults.latency(), Duration::from_millis(100));
+        assert!(faults.not_ready());
+        faults.clear();
+        assert_eq!(
+            faults.state(),
+            FaultState {
+                error_rate: Some(0.0),
+                latency_ms: Some(0),
+                not_ready: Some(false),
+                ..FaultState::default()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_switch() {
+        let faults = Faults::new(&[]);
+        let health = Health::new();
+        faults.register_health(&health);
+        assert!(health.report().await.ready);
+        faults
+            .apply(&FaultState {
+                not_ready: Some(true),
+                ..FaultState::default()
+            })
+            .unwrap();
+        let report = health.report().await;
+        assert!(!report.ready);
+        faults.clear();
+        assert!(health.report().await.ready);
+    }
+}

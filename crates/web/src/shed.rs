@@ -1,0 +1,60 @@
+//! Load shedding: at most a fixed number of requests are served at once, and a request that
+//! arrives when all the places are taken is answered `503 {"error": {"code": "overloaded"}}`
+//! with `Retry-After` at once instead of waiting in a queue. Above capacity, the requests that
+//! are served keep a bounded latency and the rest fail fast, so clients can back off or go to
+//! another instance (`scripts/bench-overload` measures both sides).
+
+use std::convert::Infallible;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tower::{BoxError, ServiceBuilder};
+
+use crate::ApiError;
+
+/// Limits `api` to `max_concurrent` requests in flight over all its routes together;
+/// 0 means no limit (requests queue in the runtime without bound).
+pub fn limit<S: Clone + Send + Sync + 'static>(api: Router<S>, max_concurrent: usize) -> Router<S> {
+    if max_concurrent == 0 {
+        return api;
+    }
+    api.layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(overloaded))
+            .layer(LoadShedLayer::new())
+            .layer(GlobalConcurrencyLimitLayer::new(max_concurrent))
+            .layer(axum::middleware::from_fn(yield_once)),
+    )
+}
+
+/// Handlers that never wait (the model's arithmetic) would finish within the poll that
+/// admitted them, so the limit would never see more than one request and the queue would
+/// form, unbounded, in front of it (runnable connection tasks). Yielding once after
+/// admission keeps an admitted request counted while it waits for the CPU: the limit then
+/// bounds the queue itself, and requests beyond it are shed.
+async fn yield_once(request: Request, next: Next) -> Response {
+    tokio::task::yield_now().await;
+    next.run(request).await
+}
+
+async fn overloaded(_: BoxError) -> Result<Response, Infallible> {
+    let mut res = ApiError::client(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        None,
+        "the service is at capacity; retry after a second",
+    )
+    .into_response();
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    // The request body was not read: the connection cannot carry another request.
+    res.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Ok(res)
+}
