@@ -157,6 +157,19 @@ async fn admin_controls_rate_regime_and_pause_behind_the_token() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(status().await["regime_held"], "turbulent");
+    let release = client
+        .delete(generator.url("/v1/admin/regime"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(release.status(), StatusCode::OK);
+    assert_eq!(
+        release.json::<Value>().await.expect("json")["previous"],
+        "turbulent"
+    );
+    assert_eq!(status().await["regime_held"], Value::Null);
 
     let pause = client
         .post(generator.url("/v1/admin/pause"))

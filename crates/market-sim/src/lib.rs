@@ -202,6 +202,8 @@ pub struct Market {
     symbols: Vec<SymbolState>,
     minute_start_ms: i64,
     anomaly_rate: f64,
+    /// A regime every symbol is kept in, whatever the Markov chain draws.
+    held: Option<Regime>,
 }
 
 impl std::fmt::Debug for Market {
@@ -242,6 +244,7 @@ impl Market {
             symbols,
             minute_start_ms: config.start_ms,
             anomaly_rate: config.anomaly_rate.clamp(0.0, 1.0),
+            held: None,
         }
     }
 
@@ -265,12 +268,30 @@ impl Market {
         }
     }
 
+    /// Keeps every symbol in `regime` from the next minute until released with `None`; the
+    /// Markov chain then continues from the held regime. The chain's random draws go on
+    /// while held, so the rest of the stream does not depend on how long a hold lasted.
+    pub fn hold_regime(&mut self, regime: Option<Regime>) {
+        if let Some(r) = regime {
+            self.force_regime(r);
+        }
+        self.held = regime;
+    }
+
+    /// The regime every symbol is held in, if any.
+    pub fn held_regime(&self) -> Option<Regime> {
+        self.held
+    }
+
     /// Simulates one event-time minute for every symbol; trades come sorted by time.
     pub fn next_minute(&mut self) -> Vec<Trade> {
         let start = self.minute_start_ms;
         let mut trades = Vec::new();
         for state in &mut self.symbols {
             simulate_minute(state, start, self.anomaly_rate, &mut trades);
+            if let Some(r) = self.held {
+                state.regime = r;
+            }
         }
         trades.sort_by_key(|t| t.ts_ms);
         self.minute_start_ms += MINUTE_MS;
@@ -386,6 +407,29 @@ mod tests {
             .filter(|t| t.symbol == "ETH-USD")
             .collect();
         assert_eq!(from_all, run(&eth_only, 20));
+    }
+
+    #[test]
+    fn a_held_regime_lasts_until_released_and_the_chain_goes_on_from_it() {
+        let mut market = Market::new(&MarketConfig::new(5));
+        market.hold_regime(Some(Regime::Turbulent));
+        for _ in 0..200 {
+            let trades = market.next_minute();
+            assert!(trades.iter().all(|t| t.regime == Regime::Turbulent));
+        }
+        assert_eq!(market.held_regime(), Some(Regime::Turbulent));
+        market.hold_regime(None);
+        // Released: turbulence ends by itself (a 0.92 chance a minute of staying).
+        let left = (0..200).any(|_| {
+            market
+                .next_minute()
+                .iter()
+                .any(|t| t.regime != Regime::Turbulent)
+        });
+        assert!(
+            left,
+            "every symbol stayed turbulent for 200 minutes after release"
+        );
     }
 
     #[test]

@@ -13,16 +13,19 @@ pub struct Control {
     /// Records per second; 0 means as fast as the broker takes them.
     rate: AtomicU64,
     paused: AtomicBool,
-    regime: Mutex<Option<Regime>>,
+    /// Share of records planted as bad, as `f64` bits.
+    bad_fraction: AtomicU64,
+    regime: Mutex<RegimeHold>,
     changed: Notify,
 }
 
 impl Control {
-    pub fn new(rate: u64) -> Self {
+    pub fn new(rate: u64, bad_fraction: f64) -> Self {
         Self {
             rate: AtomicU64::new(rate),
             paused: AtomicBool::new(false),
-            regime: Mutex::new(None),
+            bad_fraction: AtomicU64::new(bad_fraction.to_bits()),
+            regime: Mutex::new(RegimeHold::default()),
             changed: Notify::new(),
         }
     }
@@ -49,20 +52,48 @@ impl Control {
         previous
     }
 
-    /// Asks for every symbol to switch to `regime` from the next simulated minute.
-    pub fn request_regime(&self, regime: Regime) {
-        *self.regime.lock().unwrap_or_else(|e| e.into_inner()) = Some(regime);
-        self.changed.notify_one();
+    pub fn bad_fraction(&self) -> f64 {
+        f64::from_bits(self.bad_fraction.load(Ordering::Acquire))
     }
 
-    pub fn take_regime_request(&self) -> Option<Regime> {
-        self.regime.lock().unwrap_or_else(|e| e.into_inner()).take()
+    /// Sets the share of bad records from the next record on; returns the previous one.
+    pub fn set_bad_fraction(&self, fraction: f64) -> f64 {
+        f64::from_bits(self.bad_fraction.swap(fraction.to_bits(), Ordering::AcqRel))
+    }
+
+    /// Holds every symbol in `regime` from the next simulated minute, or (`None`) releases
+    /// the hold so the market's own transitions resume; returns the previous hold.
+    pub fn hold_regime(&self, regime: Option<Regime>) -> Option<Regime> {
+        let mut hold = self.regime.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = std::mem::replace(&mut hold.held, regime);
+        hold.pending = true;
+        drop(hold);
+        self.changed.notify_one();
+        previous
+    }
+
+    /// The regime the admin endpoint holds the market in, if any.
+    pub fn held_regime(&self) -> Option<Regime> {
+        self.regime.lock().unwrap_or_else(|e| e.into_inner()).held
+    }
+
+    /// A hold or release not yet applied to the market (`Some(None)` is a release).
+    pub fn take_regime_change(&self) -> Option<Option<Regime>> {
+        let mut hold = self.regime.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut hold.pending).then_some(hold.held)
     }
 
     /// Resolves at the next change of any setting.
     pub async fn changed(&self) {
         self.changed.notified().await;
     }
+}
+
+/// The admin endpoint's regime hold and whether the loop has applied it yet.
+#[derive(Debug, Default)]
+struct RegimeHold {
+    held: Option<Regime>,
+    pending: bool,
 }
 
 /// When each record may go out: no faster than the rate, and (with a time scale) no faster

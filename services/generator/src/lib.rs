@@ -25,6 +25,7 @@ use tidewatch_telemetry::server::{instrument, ops_router, serve};
 use tidewatch_telemetry::{
     catalog, ComponentHealth, Criticality, Shutdown, Telemetry, TelemetryArgs,
 };
+use tidewatch_web::faults::{self, Faults};
 use tokio::net::TcpListener;
 
 use crate::control::{Control, Pacer};
@@ -307,7 +308,7 @@ impl Generator {
             telemetry,
             producer,
             shared: Arc::new(Shared {
-                control: Control::new(settings.rate),
+                control: Control::new(settings.rate, settings.bad_fraction),
                 progress: Mutex::default(),
                 settings: settings.public_view(),
             }),
@@ -363,9 +364,17 @@ impl Generator {
                 }
             });
         tracing::info!(addr = %listener.local_addr()?, topic, "listening");
+        let admin = Arc::new(admin);
+        let faults = Faults::new(&[]);
+        faults.register_health(&telemetry.health);
         let app = instrument(
-            routes::router(routes::AppState::new(shared.clone(), admin, max_body_bytes))
-                .merge(ops_router(telemetry.clone())),
+            routes::router(routes::AppState::new(
+                shared.clone(),
+                admin.clone(),
+                max_body_bytes,
+            ))
+            .merge(faults::router(faults, admin, max_body_bytes))
+            .merge(ops_router(telemetry.clone())),
         );
         let server_stop = Shutdown::new();
         let server = tokio::spawn({
@@ -462,9 +471,13 @@ async fn publish(
             metrics.target_rate.set(rate as f64);
             pacer.rebase(rate);
         }
-        if let Some(regime) = control.take_regime_request() {
-            stream.force_regime(regime);
-            tracing::info!(regime = regime.as_str(), "regime switched");
+        stream.set_bad_fraction(control.bad_fraction());
+        if let Some(hold) = control.take_regime_change() {
+            stream.hold_regime(hold);
+            match hold {
+                Some(regime) => tracing::info!(regime = regime.as_str(), "regime held"),
+                None => tracing::info!("regime released"),
+            }
         }
         let g = stream.next_record();
         let on_time = g.kind != Kind::Late;

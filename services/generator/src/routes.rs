@@ -3,7 +3,9 @@
 //! - `GET /v1/status`: settings (no secrets), rate, pause state, records published by
 //!   kind, event time, each symbol's regime.
 //! - `PUT /v1/admin/rate` `{"records_per_second": 500}` (0: unlimited).
-//! - `PUT /v1/admin/regime` `{"regime": "turbulent"}` (calm, normal, turbulent).
+//! - `PUT /v1/admin/regime` `{"regime": "turbulent"}` (calm, normal, turbulent) holds every
+//!   symbol in that regime until `DELETE /v1/admin/regime` lets the market move on by itself.
+//! - `PUT /v1/admin/bad-records` `{"bad_fraction": 0.3}`: a bad-record burst (and its end).
 //! - `POST /v1/admin/pause`, `POST /v1/admin/resume`.
 
 use std::sync::Arc;
@@ -28,19 +30,27 @@ pub struct AppState {
     shared: Arc<Shared>,
     admin: Arc<AdminAuth>,
     max_body_bytes: usize,
-    actions: Arc<[Counter; 4]>,
+    actions: Arc<[Counter; 6]>,
 }
 
 impl AppState {
-    pub fn new(shared: Arc<Shared>, admin: AdminAuth, max_body_bytes: usize) -> Self {
-        let actions = ["set_rate", "set_regime", "pause", "resume"].map(|a| {
+    pub fn new(shared: Arc<Shared>, admin: Arc<AdminAuth>, max_body_bytes: usize) -> Self {
+        let actions = [
+            "set_rate",
+            "set_regime",
+            "pause",
+            "resume",
+            "set_bad_fraction",
+            "release_regime",
+        ]
+        .map(|a| {
             let c = catalog::ADMIN_ACTIONS.counter(&[("action", a)]);
             c.absolute(0);
             c
         });
         Self {
             shared,
-            admin: Arc::new(admin),
+            admin,
             max_body_bytes,
             actions: Arc::new(actions),
         }
@@ -57,7 +67,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/admin/rate", put(set_rate))
-        .route("/v1/admin/regime", put(set_regime))
+        .route("/v1/admin/regime", put(set_regime).delete(release_regime))
+        .route("/v1/admin/bad-records", put(set_bad_records))
         .route("/v1/admin/pause", post(pause))
         .route("/v1/admin/resume", post(resume))
         .with_state(state)
@@ -77,6 +88,8 @@ async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
         "settings": state.shared.settings,
         "records_per_second": control.rate(),
         "paused": control.paused(),
+        "bad_fraction": control.bad_fraction(),
+        "regime_held": control.held_regime().map(Regime::as_str),
         "progress": progress,
     }))
 }
@@ -118,6 +131,43 @@ async fn set_rate(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct SetBadRecords {
+    bad_fraction: Option<f64>,
+}
+
+async fn set_bad_records(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<JsonBody<SetBadRecords>, ApiError>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.admin.authorize(&headers)?;
+    let JsonBody(req) = body?;
+    let fraction = req.bad_fraction.ok_or_else(|| {
+        ApiError::invalid("bad_fraction", "missing_field", "bad_fraction is required")
+    })?;
+    let late = state.shared.settings["late_fraction"]
+        .as_f64()
+        .unwrap_or(0.0);
+    if !(0.0..=1.0 - late).contains(&fraction) {
+        return Err(ApiError::invalid(
+            "bad_fraction",
+            "invalid_value",
+            format!(
+                "bad_fraction must be between 0 and {} (1 - late_fraction)",
+                1.0 - late
+            ),
+        ));
+    }
+    let previous = state.shared.control.set_bad_fraction(fraction);
+    state.actions[4].increment(1);
+    tracing::info!(from = previous, to = fraction, "bad-record share changed");
+    Ok(Json(
+        serde_json::json!({"bad_fraction": fraction, "previous": previous}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SetRegime {
     regime: Option<String>,
 }
@@ -142,10 +192,27 @@ async fn set_regime(
                 format!("unknown regime {name:?}; expected calm, normal or turbulent"),
             )
         })?;
-    state.shared.control.request_regime(regime);
+    let previous = state.shared.control.hold_regime(Some(regime));
     state.actions[1].increment(1);
-    tracing::info!(regime = regime.as_str(), "regime switch requested");
-    Ok(Json(serde_json::json!({"regime": regime.as_str()})))
+    tracing::info!(regime = regime.as_str(), "regime hold requested");
+    Ok(Json(serde_json::json!({
+        "regime_held": regime.as_str(),
+        "previous": previous.map(Regime::as_str),
+    })))
+}
+
+async fn release_regime(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.admin.authorize(&headers)?;
+    let previous = state.shared.control.hold_regime(None);
+    state.actions[5].increment(1);
+    tracing::info!("regime release requested");
+    Ok(Json(serde_json::json!({
+        "regime_held": null,
+        "previous": previous.map(Regime::as_str),
+    })))
 }
 
 async fn pause(

@@ -128,9 +128,15 @@ impl RecordStream {
         }
     }
 
-    /// Switches every symbol's volatility regime from the next simulated minute.
-    pub fn force_regime(&mut self, regime: Regime) {
-        self.market.force_regime(regime);
+    /// Changes the share of bad records from the next record on (a bad-record burst).
+    pub fn set_bad_fraction(&mut self, fraction: f64) {
+        self.mix.bad_fraction = fraction;
+    }
+
+    /// Holds every symbol's volatility regime from the next simulated minute, or releases
+    /// the hold (`None`).
+    pub fn hold_regime(&mut self, regime: Option<Regime>) {
+        self.market.hold_regime(regime);
     }
 
     pub fn regime(&self, symbol: &str) -> Option<Regime> {
