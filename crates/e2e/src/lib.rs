@@ -274,3 +274,163 @@ impl Proxy {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// A PostgreSQL cluster of the test's own (initdb into a temporary directory, a free
+/// loopback port), so a test can stop and start the server itself without disturbing the
+/// tests sharing the server `scripts/test` started. Stopped and removed when dropped.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    /// initdb, start, and create the database `tidewatch`.
+    pub fn start() -> anyhow::Result<Self> {
+        let bin = postgres_bin()?;
+        let dir = std::env::temp_dir().join(format!(
+            "tidewatch-e2e-postgres-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let cluster = Self {
+            bin,
+            dir,
+            port: free_port(),
+        };
+        cluster.run("mkdir", &["-p", &cluster.path("")])?;
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &cluster.path("data"),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        )?;
+        cluster.start_server()?;
+        cluster.run(
+            "createdb",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &cluster.port.to_string(),
+                "-U",
+                "postgres",
+                "tidewatch",
+            ],
+        )?;
+        Ok(cluster)
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/tidewatch", self.port)
+    }
+
+    /// A fast shutdown, as an operator's restart does: every session is ended, the data
+    /// stays.
+    pub fn stop_server(&self) -> anyhow::Result<()> {
+        self.run(
+            "pg_ctl",
+            &["-D", &self.path("data"), "-m", "fast", "-w", "stop"],
+        )
+    }
+
+    pub fn start_server(&self) -> anyhow::Result<()> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.path("")
+        );
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.path("data"),
+                "-l",
+                &self.path("postgres.log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                &options,
+                "start",
+            ],
+        )
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// Runs a PostgreSQL program (or mkdir) as the `postgres` user when the test runs as
+    /// root, which initdb and the server refuse to be.
+    fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<()> {
+        let program_path = if program == "mkdir" {
+            PathBuf::from("mkdir")
+        } else {
+            self.bin.join(program)
+        };
+        let as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let mut command = if as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program_path);
+            c
+        } else {
+            Command::new(&program_path)
+        };
+        let output = command
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {program}"))?;
+        anyhow::ensure!(
+            output.status.success(),
+            "{program} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.run(
+            "pg_ctl",
+            &["-D", &self.path("data"), "-m", "immediate", "-w", "stop"],
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The newest server binaries under /usr/lib/postgresql (Debian's layout), or `PG_BIN`.
+fn postgres_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(bin) = std::env::var("PG_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL server binaries not found under /usr/lib/postgresql (set PG_BIN)")?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .context("no PostgreSQL version under /usr/lib/postgresql has initdb")
+}
