@@ -370,18 +370,15 @@ impl PrivatePostgres {
         self.dir.join(name).display().to_string()
     }
 
-    /// Runs a PostgreSQL program (or mkdir) as the `postgres` user when the test runs as
-    /// root, which initdb and the server refuse to be.
+    /// Runs a program (a PostgreSQL one by name, or `mkdir`) as the `postgres` user when
+    /// the test runs as root, which initdb and the server refuse to be; the cluster's
+    /// directory is made by that user too, so the server owns it.
     fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<()> {
-        let program_path = if program == "mkdir" {
-            PathBuf::from("mkdir")
-        } else {
-            self.bin.join(program)
+        let program_path = match program {
+            "mkdir" => PathBuf::from(program),
+            _ => self.bin.join(program),
         };
-        let as_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let as_root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?) == 0;
         let mut command = if as_root {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(&program_path);
