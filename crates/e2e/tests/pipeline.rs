@@ -239,24 +239,30 @@ async fn every_trade_is_in_a_bar_or_dead_lettered_once_across_stage_crashes() {
     let client = reqwest::Client::new();
     let mut unready_seen = false;
     // (at seconds into the outage, what happens): enrich crashes, the broker goes away for
-    // three seconds. A crashed stage is restarted only while the broker
-    // is there: a stage that cannot reach the broker at start exits, as it should.
+    // three seconds. A crashed stage is restarted only while the broker is there: a stage
+    // that cannot reach the broker at start exits, as it should.
+    #[derive(Clone, Copy)]
+    enum Step {
+        KillEnrich,
+        CutBroker,
+        RestoreBroker,
+    }
     let mut steps = vec![
-        (2.5, "kill enrich"),
-        (3.5, "cut broker"),
-        (6.5, "restore broker"),
+        (2.5, Step::KillEnrich),
+        (3.5, Step::CutBroker),
+        (6.5, Step::RestoreBroker),
     ];
     steps.reverse();
     while outage.elapsed() < Duration::from_secs(10) {
-        while steps
+        while let Some(&(_, step)) = steps
             .last()
-            .is_some_and(|(at, _)| outage.elapsed().as_secs_f64() >= *at)
+            .filter(|(at, _)| outage.elapsed().as_secs_f64() >= *at)
         {
-            match steps.pop().map(|(_, what)| what) {
-                Some("kill enrich") => enrich.restart_after_kill().expect("enrich restarts"),
-                Some("cut broker") => broker.proxy.cut(),
-                Some("restore broker") => broker.proxy.restore(),
-                other => unreachable!("no such step: {other:?}"),
+            steps.pop();
+            match step {
+                Step::KillEnrich => enrich.restart_after_kill().expect("enrich restarts"),
+                Step::CutBroker => broker.proxy.cut(),
+                Step::RestoreBroker => broker.proxy.restore(),
             }
         }
         let ready = client.get(project.url("/health/ready")).send().await;
