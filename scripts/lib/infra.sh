@@ -31,9 +31,26 @@ ensure_apt() {
 ensure_tools() {
   ensure_apt prometheus prometheus-alertmanager postgresql wrk python3 curl
   export PATH="$HOME/.cargo/bin:$PATH"
+  ensure_rust_toolchain
   if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
     log "building tansu $TANSU_VERSION from crates.io (once per machine, 12-17 minutes)"
     cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore --quiet
+  fi
+}
+
+# rust-toolchain.toml pins a release; rustup would download it when missing. A machine whose
+# default toolchain already is that release (and that reaches no rustup server) gets it
+# linked under the pinned name instead, as rustup itself would name it.
+ensure_rust_toolchain() {
+  local pinned sysroot host
+  pinned=$(sed -n 's/^channel = "\(.*\)"$/\1/p' "$TW_ROOT/rust-toolchain.toml")
+  command -v rustup >/dev/null || return 0
+  rustup toolchain list | grep -q "^$pinned-" && return 0
+  if (cd / && rustc --version) | grep -q "^rustc $pinned "; then
+    sysroot=$(cd / && rustc --print sysroot)
+    host=$(cd / && rustc -vV | sed -n 's/^host: //p')
+    log "linking the default toolchain ($sysroot) as $pinned-$host"
+    ln -s "$sysroot" "${RUSTUP_HOME:-$HOME/.rustup}/toolchains/$pinned-$host"
   fi
 }
 
