@@ -18,6 +18,11 @@ pub struct DatabaseArgs {
     /// PostgreSQL URL, e.g. postgres://tidewatch@localhost:5432/tidewatch.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: SecretString,
+    /// The password, when it is not in the URL: taken as it is, so it needs no
+    /// percent-encoding (compose passes POSTGRES_PASSWORD here). Set, it replaces a password
+    /// the URL holds.
+    #[arg(long, env = "DATABASE_PASSWORD", hide_env_values = true)]
+    pub database_password: Option<SecretString>,
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 5)]
     pub database_max_connections: u32,
     /// How long start-up waits for the database to accept connections.
@@ -29,10 +34,27 @@ impl serde::Serialize for DatabaseArgs {
     /// Logged settings show where the database is, never its password.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
-        let mut st = s.serialize_struct("DatabaseArgs", 2)?;
+        let mut st = s.serialize_struct("DatabaseArgs", 3)?;
         st.serialize_field("database", &redacted(self.database_url.expose_secret()))?;
+        let password = self.database_password.as_ref().map(|_| "set (masked)");
+        st.serialize_field("password", &password)?;
         st.serialize_field("max_connections", &self.database_max_connections)?;
         st.end()
+    }
+}
+
+impl DatabaseArgs {
+    /// The URL's connection options, with `DATABASE_PASSWORD` in place of its password.
+    pub fn connect_options(&self) -> anyhow::Result<PgConnectOptions> {
+        let options: PgConnectOptions = self
+            .database_url
+            .expose_secret()
+            .parse()
+            .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+        Ok(match &self.database_password {
+            Some(password) => options.password(password.expose_secret()),
+            None => options,
+        })
     }
 }
 
@@ -52,11 +74,7 @@ fn redacted(url: &str) -> String {
 /// back is reconnected to without a restart), after migrations were applied. Waits up to
 /// the start timeout for the database.
 pub async fn connect_and_migrate(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = args
-        .database_url
-        .expose_secret()
-        .parse()
-        .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+    let options = args.connect_options()?;
     let pool = PgPoolOptions::new()
         .max_connections(args.database_max_connections.max(1))
         .acquire_timeout(Duration::from_secs(3))

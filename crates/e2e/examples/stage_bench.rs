@@ -58,8 +58,9 @@ impl<P: Processor> Processor for Counting<P> {
         &mut self,
         partition: i32,
         committed: Option<i64>,
+        watermarks: Option<(i64, i64)>,
     ) -> anyhow::Result<Option<i64>> {
-        self.inner.assigned(partition, committed).await
+        self.inner.assigned(partition, committed, watermarks).await
     }
     fn revoked(&mut self, partition: i32) {
         self.inner.revoked(partition);

@@ -219,3 +219,110 @@ async fn admin_controls_rate_regime_and_pause_behind_the_token() {
         .expect("stops");
     assert!(exit.success(), "SIGTERM exits 0: {}", generator.log_tail());
 }
+
+/// Runs the generator to `--max-records` and waits for it to exit 0.
+fn publish(brokers: &str, topic: &str, state_dir: &std::path::Path, records: &str) {
+    let mut generator = Service::start(
+        "generator",
+        &[
+            "--output-topic",
+            topic,
+            "--rate",
+            "0",
+            "--max-records",
+            records,
+            "--resume-from-topic",
+            "--state-dir",
+            state_dir.to_str().expect("utf-8 path"),
+        ],
+        &[("KAFKA_BROKERS", brokers)],
+    )
+    .expect("starts");
+    let exit = generator.wait_exit(Duration::from_secs(60)).expect("exits");
+    assert!(exit.success(), "{}", generator.log_tail());
+}
+
+/// Every valid trade in `topic` as (partition, offset, symbol, event time, price).
+async fn trades(brokers: &str, topic: &str, want: usize) -> Vec<(i32, i64, String, i64, f64)> {
+    let read = tidewatch_kafka::inspect::read_topic_async(
+        brokers.to_owned(),
+        topic.to_owned(),
+        want,
+        Duration::from_secs(30),
+        |_| true,
+    )
+    .await
+    .expect("read back");
+    read.iter()
+        .filter_map(|m| {
+            let t = tidewatch_schema::decode_raw(&m.payload, 0).ok()?;
+            Some((m.partition, m.offset, t.symbol, t.event_time_ms, t.price))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_generator_continues_its_market_even_when_the_topic_is_gone() {
+    let brokers = env_var("TIDEWATCH_KAFKA_BROKERS");
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let (topic, lost) = (format!("resume-{run}"), format!("resume-lost-{run}"));
+    let state = std::env::temp_dir().join(format!("tidewatch-generator-state-{run}"));
+    std::fs::create_dir_all(&state).expect("state dir");
+
+    // First run, then a second on the same topic: the second continues after the first.
+    tokio::task::block_in_place(|| publish(&brokers, &topic, &state, "2000"));
+    let first = trades(&brokers, &topic, 1900).await;
+    let ends: std::collections::HashMap<i32, i64> =
+        first.iter().fold(Default::default(), |mut m, (p, o, ..)| {
+            let e = m.entry(*p).or_insert(*o);
+            *e = (*e).max(*o);
+            m
+        });
+    let newest = first.iter().map(|t| t.3).max().expect("trades");
+    let last_btc = first
+        .iter()
+        .filter(|t| t.2 == "BTC-USD")
+        .max_by_key(|t| t.3)
+        .expect("BTC trades")
+        .4;
+    tokio::task::block_in_place(|| publish(&brokers, &topic, &state, "2000"));
+    let all = trades(&brokers, &topic, 3800).await;
+    let second: Vec<_> = all
+        .iter()
+        .filter(|(p, o, ..)| ends.get(p).is_none_or(|end| o > end))
+        .collect();
+    assert!(
+        second.len() > 1_500,
+        "{} trades from the second run",
+        second.len()
+    );
+    let earliest = second.iter().map(|t| t.3).min().expect("trades");
+    assert!(
+        earliest > newest,
+        "the second run starts at {earliest}, not after {newest}"
+    );
+    let first_btc = second
+        .iter()
+        .filter(|t| t.2 == "BTC-USD")
+        .min_by_key(|t| t.3)
+        .expect("BTC trades")
+        .4;
+    assert!(
+        (first_btc / last_btc - 1.0).abs() < 0.05,
+        "BTC goes on from {last_btc}, not from its base price: {first_btc}"
+    );
+
+    // A broker that lost the topic: the state directory still says where the market was.
+    let newest = all.iter().map(|t| t.3).max().expect("trades");
+    tokio::task::block_in_place(|| publish(&brokers, &lost, &state, "500"));
+    let third = trades(&brokers, &lost, 450).await;
+    let earliest = third.iter().map(|t| t.3).min().expect("trades");
+    assert!(
+        earliest > newest,
+        "after the topic was lost: {earliest}, not after {newest}"
+    );
+    std::fs::remove_dir_all(&state).expect("cleaned up");
+}

@@ -1,7 +1,7 @@
 //! Kafka plumbing shared by every streaming stage.
 //!
 //! - [`KafkaArgs`] and [`ensure_topics`]: broker address and topic creation at start, so a
-//!   fresh broker works.
+//!   fresh broker works; [`spawn_topic_guard`] recreates them if the broker loses them.
 //! - [`producer`]: the idempotent producer, with delivery outcome and latency metrics.
 //! - [`stage`]: the at-least-once consume-process-produce loop. An input offset is stored
 //!   only after every output of that message (including a dead letter) was acknowledged,
@@ -50,8 +50,13 @@ pub struct KafkaArgs {
     pub topic_partitions: i32,
 }
 
-/// Creates the topics that do not exist yet; existing ones are left as they are.
-pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> anyhow::Result<()> {
+/// Creates the topics that do not exist yet; existing ones are left as they are. Returns
+/// the topics it created.
+pub async fn ensure_topics(
+    brokers: &str,
+    topics: &[&str],
+    partitions: i32,
+) -> anyhow::Result<Vec<String>> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -65,14 +70,50 @@ pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> a
         .create_topics(&new, &options)
         .await
         .context("creating topics")?;
+    let mut created = Vec::new();
     for result in results {
         match result {
-            Ok(topic) => tracing::info!(topic, partitions, "topic created"),
+            Ok(topic) => {
+                tracing::info!(topic, partitions, "topic created");
+                created.push(topic);
+            }
             Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
                 tracing::debug!(topic, "topic exists")
             }
             Err((topic, code)) => anyhow::bail!("cannot create topic {topic}: {code}"),
         }
     }
-    Ok(())
+    Ok(created)
+}
+
+/// How often [`spawn_topic_guard`] makes sure the topics exist.
+const TOPIC_GUARD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Makes sure `topics` exist every few seconds until `shutdown`, and recreates (with a
+/// warning) any the broker lost: a broker restarted without its data (a wiped volume, an
+/// in-memory broker) otherwise leaves producers failing and consumers idle until someone
+/// restarts every service. A broker that is away is just tried again.
+pub fn spawn_topic_guard(
+    brokers: String,
+    topics: Vec<String>,
+    partitions: i32,
+    shutdown: tidewatch_telemetry::Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(TOPIC_GUARD_INTERVAL) => {}
+                () = shutdown.cancelled() => return,
+            }
+            match ensure_topics(&brokers, &topics, partitions).await {
+                Ok(created) if !created.is_empty() => tracing::warn!(
+                    topics = ?created,
+                    "topics were missing (the broker lost its data?) and were created again"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = format!("{e:#}"), "could not check the topics"),
+            }
+        }
+    })
 }

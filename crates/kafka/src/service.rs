@@ -81,6 +81,8 @@ pub struct StageService {
     stage: &'static str,
     args: StageArgs,
     inputs: Vec<String>,
+    /// Every topic the stage reads or writes, kept in existence by the topic guard.
+    topics: Vec<String>,
     producer: Producer,
     api: Option<axum::Router>,
     faults: Faults,
@@ -140,6 +142,7 @@ impl StageService {
             stage,
             args: args.clone(),
             inputs: input_topics.iter().map(|t| (*t).to_owned()).collect(),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             producer,
             api: None,
             faults: Faults::new(&Fault::STAGE),
@@ -257,9 +260,16 @@ impl StageService {
             api,
             faults,
             args,
+            topics,
             ..
         } = self;
         telemetry.metrics.spawn_upkeep(shutdown.token());
+        crate::spawn_topic_guard(
+            args.kafka.brokers.clone(),
+            topics,
+            args.kafka.topic_partitions,
+            shutdown.clone(),
+        );
         let broker = telemetry.health.handle(
             "broker",
             Criticality::Critical,

@@ -140,12 +140,16 @@ pub trait Processor: Send {
     /// offset stored: a stateful processor can checkpoint `position` now.
     fn acknowledged(&mut self, _partition: i32, _position: &Position) {}
 
-    /// `partition` was assigned; `committed` is the group's committed offset, if any. A
-    /// processor that must rebuild state returns the offset to start from instead.
+    /// `partition` was assigned; `committed` is the group's committed offset, if any, and
+    /// `watermarks` the partition's (first offset held, offset the next message gets), if
+    /// the broker answered. A processor that must rebuild state returns the offset to start
+    /// from instead; one whose checkpoint the topic no longer holds (a broker that lost its
+    /// data, or retention that deleted it) must start over from what the topic holds.
     fn assigned(
         &mut self,
         _partition: i32,
         _committed: Option<i64>,
+        _watermarks: Option<(i64, i64)>,
     ) -> impl Future<Output = anyhow::Result<Option<i64>>> + Send {
         std::future::ready(Ok(None))
     }
@@ -317,7 +321,14 @@ pub async fn run<P: Processor>(
                     match change {
                         AssignmentChange::Assigned { partition, committed } => {
                             skip_before.remove(&partition);
-                            let start = match processor.assigned(partition, committed).await {
+                            let watermarks = match consumer.fetch_watermarks(&config.input_topic, partition, Duration::from_secs(5)) {
+                                Ok(w) => Some(w),
+                                Err(e) => {
+                                    tracing::warn!(partition, error = %e, "watermarks unavailable; the checkpoint is not checked against the topic");
+                                    None
+                                }
+                            };
+                            let start = match processor.assigned(partition, committed, watermarks).await {
                                 Ok(start) => start,
                                 Err(e) => break 'main Err(e.context(format!("restoring partition {partition}"))),
                             };

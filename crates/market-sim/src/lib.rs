@@ -176,6 +176,9 @@ pub struct MarketConfig {
     pub start_ms: i64,
     /// Fraction of trades turned into labelled anomalies (0 for clean training data).
     pub anomaly_rate: f64,
+    /// Prices to start from instead of each symbol's base price (symbol, price): a market
+    /// that continues where an earlier run left off.
+    pub start_prices: Vec<(String, f64)>,
 }
 
 impl MarketConfig {
@@ -185,6 +188,7 @@ impl MarketConfig {
             symbols: DEFAULT_SYMBOLS.to_vec(),
             start_ms: 1_767_225_600_000,
             anomaly_rate: 0.0,
+            start_prices: Vec::new(),
         }
     }
 }
@@ -235,7 +239,12 @@ impl Market {
                     rng.set_stream(fnv1a(spec.symbol));
                     rng
                 },
-                log_price: spec.base_price.ln(),
+                log_price: config
+                    .start_prices
+                    .iter()
+                    .find(|(symbol, price)| symbol == spec.symbol && *price > 0.0)
+                    .map_or(spec.base_price, |(_, price)| *price)
+                    .ln(),
                 regime: Regime::Normal,
                 seq: 0,
             })
@@ -251,6 +260,14 @@ impl Market {
     /// Event time at which the next minute starts.
     pub fn now_ms(&self) -> i64 {
         self.minute_start_ms
+    }
+
+    /// Each symbol's current price (its last trade's), to continue from in a later run.
+    pub fn prices(&self) -> Vec<(&'static str, f64)> {
+        self.symbols
+            .iter()
+            .map(|s| (s.spec.symbol, s.log_price.exp()))
+            .collect()
     }
 
     pub fn regime(&self, symbol: &str) -> Option<Regime> {
@@ -407,6 +424,24 @@ mod tests {
             .filter(|t| t.symbol == "ETH-USD")
             .collect();
         assert_eq!(from_all, run(&eth_only, 20));
+    }
+
+    #[test]
+    fn a_market_given_start_prices_continues_from_them() {
+        let mut config = MarketConfig::new(7);
+        config.start_prices = vec![("BTC-USD".to_owned(), 80_000.0)];
+        let trades = run(&config, 1);
+        let btc = trades
+            .iter()
+            .find(|t| t.symbol == "BTC-USD")
+            .expect("a trade");
+        let eth = trades
+            .iter()
+            .find(|t| t.symbol == "ETH-USD")
+            .expect("a trade");
+        // One minute moves a price by well under 5%, so each starts where it was told to.
+        assert!((btc.price / 80_000.0 - 1.0).abs() < 0.05, "{}", btc.price);
+        assert!((eth.price / 3_200.0 - 1.0).abs() < 0.05, "{}", eth.price);
     }
 
     #[test]

@@ -234,7 +234,7 @@ impl Adwin {
         self.sum_sq += x * x;
         self.compress();
         self.clock += 1;
-        if self.clock % self.check_every != 0 || self.count < 32.0 {
+        if !self.clock.is_multiple_of(self.check_every) || self.count < 32.0 {
             return Level::Stable;
         }
         let mut cut = false;

@@ -122,6 +122,15 @@ fn overview() -> Dashboard {
                 "sum by (stage) (rate(tidewatch_component_received_events_total{SEL}[$__rate_interval]))",
                 "{{stage}}",
             )]),
+            panel("Load driver: requests by outcome", "reqps", "Requests per second the load driver (loadgen) sends to the prediction API, by endpoint and outcome, against the rate it is set to; skipped means too many awaited answers.", &[
+                ("sum by (endpoint, outcome) (rate(tidewatch_loadgen_requests_total{SEL}[$__rate_interval]))", "{{endpoint}} {{outcome}}"),
+                ("sum(tidewatch_loadgen_target_rate{SEL})", "set rate"),
+                ("sum(tidewatch_loadgen_in_flight_requests{SEL})", "awaiting answers"),
+            ]),
+            panel("Load driver: p99 as the client sees it", "s", "99th percentile of the time from sending to the end of the answer, by endpoint: the API's latency plus the network, as a client measures it.", &[(
+                "histogram_quantile(0.99, sum by (endpoint, le) (rate(tidewatch_loadgen_request_duration_seconds_bucket{SEL}[$__rate_interval])))",
+                "{{endpoint}}",
+            )]).red_above(0.5),
         ],
     }
 }
@@ -246,13 +255,14 @@ fn pipeline() -> Dashboard {
                 ("sum by (service, outcome) (rate(tidewatch_kafka_commits_total{SEL}[$__rate_interval]))", "{{service}} commit {{outcome}}"),
                 ("sum by (service, kind) (rate(tidewatch_kafka_rebalances_total{SEL}[$__rate_interval]))", "{{service}} {{kind}}"),
             ]),
-            panel("Windows", "short", "Open windows, bars closed and features emitted per second, trades late, duplicated or replayed.", &[
+            panel("Windows", "short", "Open windows, bars closed and features emitted per second, trades late, duplicated or replayed, and checkpoints the topic no longer held (broker data lost).", &[
                 ("sum(tidewatch_open_windows{SEL})", "open windows"),
                 ("sum(rate(tidewatch_bars_closed_total{SEL}[$__rate_interval]))", "bars/s"),
                 ("sum(rate(tidewatch_features_emitted_total{SEL}[$__rate_interval]))", "features/s"),
                 ("sum(rate(tidewatch_late_trades_total{SEL}[$__rate_interval]))", "late/s"),
                 ("sum(rate(tidewatch_duplicate_trades_total{SEL}[$__rate_interval]))", "duplicates/s"),
                 ("sum(rate(tidewatch_replayed_messages_total{SEL}[$__rate_interval]))", "replayed/s"),
+                ("sum(increase(tidewatch_checkpoint_resets_total{SEL}[$__rate_interval]))", "checkpoint resets"),
             ]),
             panel("Event time", "dateTimeAsIso", "The generator's event time and each partition's watermark in aggregate.", &[
                 ("max(tidewatch_generator_event_time_seconds{SEL}) * 1000", "generator"),

@@ -63,6 +63,8 @@ pub enum Group {
     Database,
     /// Alertmanager notifications received (alert-receiver).
     Alerting,
+    /// The load driver's requests to the prediction API and their outcomes (loadgen).
+    Load,
 }
 
 impl Group {
@@ -83,6 +85,7 @@ impl Group {
             Group::Outcomes => "outcomes",
             Group::Database => "database",
             Group::Alerting => "alerting",
+            Group::Load => "load",
         }
     }
 }
@@ -808,6 +811,15 @@ pub const WATERMARK: MetricDef = MetricDef {
     buckets: &[],
     group: Group::Windowing,
 };
+pub const CHECKPOINT_RESETS: MetricDef = MetricDef {
+    name: "tidewatch_checkpoint_resets_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &[],
+    help: "Partitions whose checkpoint the topic no longer holds (the broker lost its data while the database kept the checkpoint): their windows start over from what the topic holds.",
+    buckets: &[],
+    group: Group::Windowing,
+};
 pub const REPLAYED_MESSAGES: MetricDef = MetricDef {
     name: "tidewatch_replayed_messages_total",
     kind: MetricKind::Counter,
@@ -981,6 +993,45 @@ pub const ALERTS_RECEIVED: MetricDef = MetricDef {
     group: Group::Alerting,
 };
 
+// --- The load driver (loadgen) ---
+
+pub const LOADGEN_REQUESTS: MetricDef = MetricDef {
+    name: "tidewatch_loadgen_requests_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["endpoint", "outcome"],
+    help: "Requests the load driver made to the prediction API, by endpoint (predict, predict_batch) and outcome (ok, client_error, server_error, failed: no answer, skipped: not sent because too many were awaiting answers).",
+    buckets: &[],
+    group: Group::Load,
+};
+pub const LOADGEN_REQUEST_DURATION: MetricDef = MetricDef {
+    name: "tidewatch_loadgen_request_duration_seconds",
+    kind: MetricKind::Histogram,
+    unit: Some("seconds"),
+    labels: &["endpoint"],
+    help: "Time from sending a request to the end of its answer, as the load driver saw it (the client's view of the API's latency).",
+    buckets: LATENCY_BUCKETS,
+    group: Group::Load,
+};
+pub const LOADGEN_TARGET_RATE: MetricDef = MetricDef {
+    name: "tidewatch_loadgen_target_rate",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &[],
+    help: "Requests per second the load driver is set to send (0: none).",
+    buckets: &[],
+    group: Group::Load,
+};
+pub const LOADGEN_IN_FLIGHT: MetricDef = MetricDef {
+    name: "tidewatch_loadgen_in_flight_requests",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &[],
+    help: "The load driver's requests awaiting an answer.",
+    buckets: &[],
+    group: Group::Load,
+};
+
 /// Every metric in the workspace, in the order `METRICS.md` lists them.
 pub const ALL: &[&MetricDef] = &[
     &HTTP_SERVER_REQUEST_DURATION,
@@ -1048,6 +1099,7 @@ pub const ALL: &[&MetricDef] = &[
     &OPEN_WINDOWS,
     &WATERMARK,
     &REPLAYED_MESSAGES,
+    &CHECKPOINT_RESETS,
     &PREDICTION_OUTCOMES,
     &PREDICTION_ROLLING_SCORE,
     &PENDING_PREDICTIONS,
@@ -1065,6 +1117,10 @@ pub const ALL: &[&MetricDef] = &[
     &DB_TRANSACTION_RETRIES,
     &ALERT_NOTIFICATIONS,
     &ALERTS_RECEIVED,
+    &LOADGEN_REQUESTS,
+    &LOADGEN_REQUEST_DURATION,
+    &LOADGEN_TARGET_RATE,
+    &LOADGEN_IN_FLIGHT,
 ];
 
 /// Looks a metric up by the name it has in the Prometheus exposition (histogram series

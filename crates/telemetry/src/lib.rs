@@ -10,6 +10,8 @@
 //! - [`logging`]: JSON or pretty `tracing` output.
 //! - [`shutdown`]: the one graceful-shutdown signal.
 //! - [`healthcheck`]: the `<service> healthcheck` subcommand containers probe readiness with.
+//! - [`runner`]: the start and end of every service binary (settings, logging, telemetry,
+//!   signals), so each `main.rs` holds only what differs.
 //!
 //! A service builds one [`Telemetry`] at start, merges [`server::ops_router`] into its
 //! router, wraps it with [`server::instrument`] and serves it with [`server::serve`].
@@ -20,6 +22,7 @@ pub mod healthcheck;
 pub mod http;
 pub mod logging;
 pub mod recorder;
+pub mod runner;
 pub mod server;
 pub mod shutdown;
 

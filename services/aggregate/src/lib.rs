@@ -57,6 +57,15 @@ pub struct Settings {
     pub telemetry: TelemetryArgs,
 }
 
+impl tidewatch_telemetry::runner::ServiceSettings for Settings {
+    fn telemetry(&self) -> &TelemetryArgs {
+        &self.telemetry
+    }
+    fn public_view(&self) -> serde_json::Value {
+        Settings::public_view(self)
+    }
+}
+
 impl Settings {
     pub fn public_view(&self) -> serde_json::Value {
         serde_json::json!({
@@ -81,6 +90,7 @@ struct WindowMetrics {
     /// Duplicates are discarded on purpose: counted as such in the component metrics too.
     discarded: Counter,
     replayed: Counter,
+    checkpoint_resets: Counter,
     open: Gauge,
     watermarks: HashMap<i32, Gauge>,
 }
@@ -116,6 +126,11 @@ impl Aggregate {
             discarded: catalog::COMPONENT_DISCARDED_EVENTS
                 .counter(&[("stage", SERVICE), ("intentional", "true")]),
             replayed: catalog::REPLAYED_MESSAGES.counter(&[]),
+            checkpoint_resets: {
+                let c = catalog::CHECKPOINT_RESETS.counter(&[]);
+                c.absolute(0);
+                c
+            },
             open: catalog::OPEN_WINDOWS.gauge(&[]),
             watermarks: HashMap::new(),
         };
@@ -167,6 +182,13 @@ impl Aggregate {
                 .set(wm as f64 / 1e3);
         }
     }
+}
+
+/// Whether a partition whose next offset is `high` has lost the messages `checkpoint` was
+/// acknowledged through: offsets only grow, so a topic that still holds them has `high`
+/// beyond the last acknowledged offset.
+fn topic_lost(checkpoint: &Checkpoint, high: i64) -> bool {
+    checkpoint.acknowledged_through >= high
 }
 
 impl Processor for Aggregate {
@@ -266,6 +288,7 @@ impl Processor for Aggregate {
         &mut self,
         partition: i32,
         committed: Option<i64>,
+        watermarks: Option<(i64, i64)>,
     ) -> anyhow::Result<Option<i64>> {
         // A partition's state must come from its checkpoint: wait for the database a while.
         let mut attempt = 0;
@@ -283,6 +306,29 @@ impl Processor for Aggregate {
                 }
                 Err(e) => return Err(e),
             }
+        };
+        // The topic must still hold the message the checkpoint was acknowledged through.
+        // A broker that lost its data (recreated topics, database kept) holds fewer: the
+        // checkpoint describes messages that no longer exist, and honouring it would hold
+        // back every output until new offsets passed the old ones. Start over instead.
+        let checkpoint = match (checkpoint, watermarks) {
+            (Some(c), Some((low, high))) if topic_lost(&c, high) => {
+                tracing::warn!(
+                    partition,
+                    resume = c.resume_offset,
+                    through = c.acknowledged_through,
+                    low,
+                    high,
+                    "the topic no longer holds this checkpoint's messages (broker data lost); starting over from what it holds"
+                );
+                self.metrics.checkpoint_resets.increment(1);
+                self.partitions.insert(
+                    partition,
+                    PartitionWindows::new(self.size_ms, self.lateness_ms),
+                );
+                return Ok(Some(low));
+            }
+            (c, _) => c,
         };
         let (windows, start) = match checkpoint {
             Some(c) => {
@@ -312,5 +358,29 @@ impl Processor for Aggregate {
     fn revoked(&mut self, partition: i32) {
         self.partitions.remove(&partition);
         self.checkpoints.forget(partition);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_beyond_the_topics_end_means_the_topic_was_lost() {
+        let checkpoint = Checkpoint {
+            resume_offset: 900,
+            watermark: 0,
+            acknowledged_through: 1_000,
+        };
+        assert!(
+            !topic_lost(&checkpoint, 1_001),
+            "the acknowledged message is still there"
+        );
+        assert!(!topic_lost(&checkpoint, 5_000));
+        assert!(
+            topic_lost(&checkpoint, 1_000),
+            "the acknowledged message is gone"
+        );
+        assert!(topic_lost(&checkpoint, 0), "an empty, recreated topic");
     }
 }

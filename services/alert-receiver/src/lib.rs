@@ -54,6 +54,21 @@ pub struct Settings {
     pub telemetry: TelemetryArgs,
 }
 
+impl tidewatch_telemetry::runner::ServiceSettings for Settings {
+    fn telemetry(&self) -> &TelemetryArgs {
+        &self.telemetry
+    }
+    fn public_view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "listen": self.listen.to_string(),
+            "receivers": self.receivers,
+            "max_notifications": self.max_notifications,
+            "max_body_bytes": self.max_body_bytes,
+            "telemetry": self.telemetry,
+        })
+    }
+}
+
 /// Alertmanager's webhook payload (the fields used here; others are ignored).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]

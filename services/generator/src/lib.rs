@@ -74,6 +74,16 @@ pub struct Settings {
     /// simulator's fixed epoch, so runs are reproducible.
     #[arg(long, env = "START_TIME")]
     pub start_time: Option<String>,
+    /// Continue the market found in the output topic: event time from the minute after its
+    /// newest trade (or START_TIME, if later) and each symbol's last price, so a restarted
+    /// generator does not publish trades the pipeline has already passed. An empty topic
+    /// starts as without this flag.
+    #[arg(long, env = "RESUME_FROM_TOPIC", default_value_t = false)]
+    pub resume_from_topic: bool,
+    /// A directory where the generator keeps where its market is (written every second and
+    /// at exit), so `--resume-from-topic` continues it even when the broker lost the topic.
+    #[arg(long, env = "STATE_DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
     /// Stop after publishing this many records (0: run until stopped).
     #[arg(long, env = "MAX_RECORDS", default_value_t = 0)]
     pub max_records: u64,
@@ -103,6 +113,15 @@ fn non_negative(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("{v} must be a finite number >= 0"))
+    }
+}
+
+impl tidewatch_telemetry::runner::ServiceSettings for Settings {
+    fn telemetry(&self) -> &TelemetryArgs {
+        &self.telemetry
+    }
+    fn public_view(&self) -> serde_json::Value {
+        Settings::public_view(self)
     }
 }
 
@@ -174,6 +193,8 @@ impl Settings {
             "late_fraction": self.late_fraction,
             "anomaly_rate": self.anomaly_rate,
             "start_time": self.start_time,
+            "resume_from_topic": self.resume_from_topic,
+            "state_dir": self.state_dir,
             "max_records": self.max_records,
             "admin_token_set": self.admin_token.is_some(),
             "kafka": self.kafka,
@@ -190,6 +211,74 @@ pub struct Progress {
     pub event_time_ms: Option<i64>,
     pub regimes: HashMap<&'static str, &'static str>,
     pub finished: bool,
+    /// Where the market continued from (`--resume-from-topic`), if it did.
+    pub resumed_from: Option<Resume>,
+}
+
+/// Where a market continues: the minute after the newest trade already published, and
+/// each symbol's price at its newest trade.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Resume {
+    pub start_ms: i64,
+    pub prices: Vec<(String, f64)>,
+}
+
+/// The file in `--state-dir` that holds the market's [`Resume`] point.
+const STATE_FILE: &str = "market.json";
+
+/// The resume point a previous run saved in `dir`, if any; a file that cannot be read is
+/// reported and ignored (the topic still tells where to go on).
+fn load_state(dir: &std::path::Path) -> Option<Resume> {
+    let path = dir.join(STATE_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .inspect_err(|e| tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable state file"))
+            .ok(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable state file");
+            None
+        }
+    }
+}
+
+/// Saves `resume` in `dir` atomically (a whole old file or a whole new one, never half).
+fn save_state(dir: &std::path::Path, resume: &Resume) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(resume).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(tmp, dir.join(STATE_FILE))
+}
+
+/// How many of each partition's newest messages are read to find where to continue: enough
+/// to hold every symbol's last trade at the generator's rates.
+const RESUME_TAIL: i64 = 500;
+
+/// Where to continue after the raw records `tail` (a topic's newest messages): `None` when
+/// none of them is a valid trade. Late and bad records do not move it: the newest event
+/// time among valid trades decides.
+pub fn resume_point(tail: &[tidewatch_kafka::inspect::ReadMessage]) -> Option<Resume> {
+    let mut newest: HashMap<String, (i64, f64)> = HashMap::new();
+    for m in tail {
+        let Ok(trade) = tidewatch_schema::decode_raw(&m.payload, 0) else {
+            continue;
+        };
+        let entry = newest
+            .entry(trade.symbol)
+            .or_insert((trade.event_time_ms, trade.price));
+        if trade.event_time_ms >= entry.0 {
+            *entry = (trade.event_time_ms, trade.price);
+        }
+    }
+    let last_ms = newest.values().map(|(t, _)| *t).max()?;
+    let mut prices: Vec<(String, f64)> = newest.into_iter().map(|(s, (_, p))| (s, p)).collect();
+    prices.sort_by(|a, b| a.0.cmp(&b.0));
+    Some(Resume {
+        start_ms: last_ms - last_ms.rem_euclid(60_000) + 60_000,
+        prices,
+    })
 }
 
 struct GeneratorMetrics {
@@ -274,6 +363,8 @@ pub struct Generator {
     time_scale: f64,
     max_records: u64,
     max_body_bytes: usize,
+    state_dir: Option<std::path::PathBuf>,
+    kafka: KafkaArgs,
 }
 
 impl std::fmt::Debug for Generator {
@@ -286,7 +377,7 @@ impl std::fmt::Debug for Generator {
 
 impl Generator {
     pub async fn build(settings: &Settings, telemetry: Telemetry) -> anyhow::Result<Self> {
-        let market = settings.market()?;
+        let mut market = settings.market()?;
         ensure_topics(
             &settings.kafka.brokers,
             &[&settings.output_topic],
@@ -299,6 +390,52 @@ impl Generator {
                 settings.kafka.brokers
             )
         })?;
+        let mut resumed_from = None;
+        if settings.resume_from_topic {
+            let (brokers, topic) = (
+                settings.kafka.brokers.clone(),
+                settings.output_topic.clone(),
+            );
+            let tail = tokio::task::spawn_blocking(move || {
+                tidewatch_kafka::inspect::read_tail(
+                    &brokers,
+                    &topic,
+                    RESUME_TAIL,
+                    Duration::from_secs(20),
+                )
+            })
+            .await
+            .context("reading the output topic's newest records")?
+            .context("reading the output topic's newest records")?;
+            let from_topic = resume_point(&tail);
+            let from_file = settings.state_dir.as_deref().and_then(load_state);
+            tracing::info!(
+                records_read = tail.len(),
+                topic_start_ms = from_topic.as_ref().map(|r| r.start_ms),
+                state_file_start_ms = from_file.as_ref().map(|r| r.start_ms),
+                "looking for a market to continue"
+            );
+            // The later of the two: the topic may be gone (a broker that lost its data), the
+            // file may be missing or a second behind.
+            let resume = [from_topic, from_file]
+                .into_iter()
+                .flatten()
+                .max_by_key(|r| r.start_ms);
+            match resume {
+                Some(resume) if resume.start_ms > market.start_ms => {
+                    tracing::info!(start_ms = resume.start_ms, "continuing the market");
+                    market.start_ms = resume.start_ms;
+                    market.start_prices.clone_from(&resume.prices);
+                    // New random draws for the new stretch, not a replay of the first minutes'.
+                    market.seed = market.seed.wrapping_add((resume.start_ms / 60_000) as u64);
+                    resumed_from = Some(resume);
+                }
+                Some(_) => tracing::info!(
+                    "the market to continue ends before the start time; starting there"
+                ),
+                None => tracing::info!("no market to continue; starting afresh"),
+            }
+        }
         let producer = Producer::new(&settings.kafka.brokers, SERVICE)?;
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -309,7 +446,10 @@ impl Generator {
             producer,
             shared: Arc::new(Shared {
                 control: Control::new(settings.rate, settings.bad_fraction),
-                progress: Mutex::default(),
+                progress: Mutex::new(Progress {
+                    resumed_from,
+                    ..Progress::default()
+                }),
                 settings: settings.public_view(),
             }),
             admin: tidewatch_web::AdminAuth::new(
@@ -321,6 +461,8 @@ impl Generator {
             time_scale: settings.time_scale,
             max_records: settings.max_records,
             max_body_bytes: settings.max_body_bytes,
+            state_dir: settings.state_dir.clone(),
+            kafka: settings.kafka.clone(),
         })
     }
 
@@ -342,8 +484,16 @@ impl Generator {
             time_scale,
             max_records,
             max_body_bytes,
+            state_dir,
+            kafka,
         } = self;
         telemetry.metrics.spawn_upkeep(shutdown.token());
+        tidewatch_kafka::spawn_topic_guard(
+            kafka.brokers,
+            vec![topic.clone()],
+            kafka.topic_partitions,
+            shutdown.clone(),
+        );
         let probe = producer.clone();
         telemetry
             .health
@@ -389,6 +539,7 @@ impl Generator {
             &topic,
             time_scale,
             max_records,
+            state_dir.as_deref(),
             &shutdown,
         )
         .await;
@@ -410,8 +561,16 @@ async fn publish(
     topic: &str,
     time_scale: f64,
     max_records: u64,
+    state_dir: Option<&std::path::Path>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
+    let save = |stream: &RecordStream| {
+        if let Some(dir) = state_dir {
+            if let Err(e) = save_state(dir, &stream.continuation()) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not save where the market is");
+            }
+        }
+    };
     let metrics = GeneratorMetrics::new(symbols);
     let control = &shared.control;
     let mut rate = control.rate();
@@ -525,8 +684,10 @@ async fn publish(
             }
             regimes = update_regimes(&stream);
             shared.report(&acked, failed, last_event, &regimes, false);
+            save(&stream);
         }
     }
+    save(&stream);
     while let Some((kind, ok)) = deliveries.next().await {
         record_outcome(kind, ok, &mut acked, &mut failed);
     }
@@ -540,4 +701,83 @@ async fn publish(
     tracing::info!(published = total, failed, "publishing finished");
     anyhow::ensure!(failed == 0, "{failed} records were not delivered");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidewatch_kafka::inspect::ReadMessage;
+
+    fn message(payload: Vec<u8>) -> ReadMessage {
+        ReadMessage {
+            partition: 0,
+            offset: 0,
+            key: None,
+            payload,
+            headers: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_market_resumes_after_the_newest_valid_trade_at_each_symbols_last_price() {
+        let mut config = MarketConfig::new(3);
+        config.anomaly_rate = 0.01;
+        let mix = Mix {
+            bad_fraction: 0.05,
+            late_fraction: 0.05,
+        };
+        let mut stream = RecordStream::new(&config, mix);
+        let records: Vec<_> = (0..3_000).map(|_| stream.next_record()).collect();
+        let tail: Vec<_> = records.iter().map(|g| message(g.payload.clone())).collect();
+
+        let resume = resume_point(&tail).expect("valid trades in the tail");
+
+        let newest = records
+            .iter()
+            .filter(|g| matches!(g.kind, Kind::Valid | Kind::Anomaly))
+            .map(|g| g.event_time_ms)
+            .max()
+            .expect("valid records");
+        assert!(resume.start_ms > newest && resume.start_ms - newest <= 60_000);
+        assert_eq!(resume.start_ms % 60_000, 0, "minutes start on the minute");
+        let btc_last = records
+            .iter()
+            .filter(|g| g.symbol == "BTC-USD" && matches!(g.kind, Kind::Valid | Kind::Anomaly))
+            .filter_map(|g| tidewatch_schema::decode_raw(&g.payload, 0).ok())
+            .max_by_key(|t| t.event_time_ms)
+            .expect("BTC trades");
+        assert!(resume
+            .prices
+            .contains(&("BTC-USD".to_owned(), btc_last.price)));
+    }
+
+    #[test]
+    fn the_saved_state_continues_after_everything_the_stream_produced() {
+        let dir = std::env::temp_dir().join(format!("tidewatch-generator-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let mix = Mix {
+            bad_fraction: 0.0,
+            late_fraction: 0.0,
+        };
+        let mut stream = RecordStream::new(&MarketConfig::new(3), mix);
+        let newest = (0..2_000)
+            .map(|_| stream.next_record().event_time_ms)
+            .max()
+            .expect("records");
+
+        save_state(&dir, &stream.continuation()).expect("saved");
+        let loaded = load_state(&dir);
+
+        std::fs::remove_dir_all(&dir).expect("cleaned up");
+        let loaded = loaded.expect("the saved state reads back");
+        assert_eq!(loaded, stream.continuation());
+        assert!(loaded.start_ms > newest, "{} <= {newest}", loaded.start_ms);
+        assert_eq!(loaded.prices.len(), MarketConfig::new(3).symbols.len());
+    }
+
+    #[test]
+    fn an_empty_or_all_bad_tail_gives_nothing_to_resume() {
+        assert_eq!(resume_point(&[]), None);
+        assert_eq!(resume_point(&[message(b"{not json".to_vec())]), None);
+    }
 }

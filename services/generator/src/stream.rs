@@ -143,6 +143,20 @@ impl RecordStream {
         self.market.regime(symbol)
     }
 
+    /// Where a later run continues this market: the first minute not yet simulated (so
+    /// nothing published or still buffered here can be repeated) and the current prices.
+    pub fn continuation(&self) -> crate::Resume {
+        crate::Resume {
+            start_ms: self.market.now_ms(),
+            prices: self
+                .market
+                .prices()
+                .into_iter()
+                .map(|(symbol, price)| (symbol.to_owned(), price))
+                .collect(),
+        }
+    }
+
     /// The next record to publish.
     pub fn next_record(&mut self) -> Generated {
         loop {

@@ -40,6 +40,21 @@ pub struct Settings {
     pub telemetry: TelemetryArgs,
 }
 
+impl tidewatch_telemetry::runner::ServiceSettings for Settings {
+    fn telemetry(&self) -> &TelemetryArgs {
+        &self.telemetry
+    }
+    fn public_view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "listen": self.listen.to_string(),
+            "input_topic": self.input_topic,
+            "output_topic": self.output_topic,
+            "stage": self.stage,
+            "telemetry": self.telemetry,
+        })
+    }
+}
+
 /// The stage's logic: decode, validate, re-key; count quality.
 pub struct Normalize {
     output_topic: String,

@@ -79,6 +79,15 @@ impl Settings {
     }
 }
 
+impl tidewatch_telemetry::runner::ServiceSettings for Settings {
+    fn telemetry(&self) -> &tidewatch_telemetry::TelemetryArgs {
+        &self.telemetry
+    }
+    fn public_view(&self) -> serde_json::Value {
+        serde_json::to_value(Settings::public_view(self)).unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PublicSettings {
     pub listen: String,

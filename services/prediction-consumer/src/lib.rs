@@ -72,6 +72,15 @@ fn parse_variant(s: &str) -> Result<Variant, String> {
     s.parse()
 }
 
+impl tidewatch_telemetry::runner::ServiceSettings for Settings {
+    fn telemetry(&self) -> &TelemetryArgs {
+        &self.telemetry
+    }
+    fn public_view(&self) -> serde_json::Value {
+        Settings::public_view(self)
+    }
+}
+
 impl Settings {
     pub fn public_view(&self) -> serde_json::Value {
         serde_json::json!({

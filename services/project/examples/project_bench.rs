@@ -119,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
         std::env::var("DATABASE_URL").map_err(|_| anyhow::anyhow!("DATABASE_URL is not set"))?;
     let pool = tidewatch_db::connect_and_migrate(&tidewatch_db::DatabaseArgs {
         database_url: url.into(),
+        database_password: None,
         database_max_connections: 4,
         database_start_timeout_seconds: 30,
     })

@@ -61,6 +61,15 @@ pub struct Settings {
     pub telemetry: TelemetryArgs,
 }
 
+impl tidewatch_telemetry::runner::ServiceSettings for Settings {
+    fn telemetry(&self) -> &TelemetryArgs {
+        &self.telemetry
+    }
+    fn public_view(&self) -> serde_json::Value {
+        Settings::public_view(self)
+    }
+}
+
 impl Settings {
     pub fn public_view(&self) -> serde_json::Value {
         serde_json::json!({

@@ -19,6 +19,7 @@ async fn store() -> Store {
         .expect("a fresh database");
     let args = tidewatch_db::DatabaseArgs {
         database_url: url.into(),
+        database_password: None,
         database_max_connections: 4,
         database_start_timeout_seconds: 10,
     };
