@@ -134,6 +134,17 @@ impl Producer {
             .context("fetching cluster metadata")
     }
 
+    /// The error that made the producer unusable, if one did: an idempotent producer whose
+    /// broker forgot its producer id (a broker restarted without its data) never delivers
+    /// again, so its owner should stop and be restarted with a new one.
+    pub fn fatal_error(&self) -> Option<String> {
+        use rdkafka::producer::Producer as _;
+        self.inner
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code}: {reason}"))
+    }
+
     /// Waits for everything queued to be delivered, for shutdown.
     pub fn flush(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
         use rdkafka::producer::Producer as _;

@@ -62,13 +62,13 @@ pub struct Settings {
     pub time_scale: f64,
     /// Share of records planted as bad: malformed, missing price, negative price or
     /// unknown symbol, in equal parts.
-    #[arg(long, env = "BAD_FRACTION", default_value_t = 0.01, value_parser = fraction)]
+    #[arg(long, env = "BAD_FRACTION", default_value_t = 0.01, value_parser = tidewatch_telemetry::runner::fraction)]
     pub bad_fraction: f64,
     /// Share of trades held back and published minutes late.
-    #[arg(long, env = "LATE_FRACTION", default_value_t = 0.002, value_parser = fraction)]
+    #[arg(long, env = "LATE_FRACTION", default_value_t = 0.002, value_parser = tidewatch_telemetry::runner::fraction)]
     pub late_fraction: f64,
     /// Share of trades turned into labelled anomalies (price jumps, outsized sizes).
-    #[arg(long, env = "ANOMALY_RATE", default_value_t = 0.002, value_parser = fraction)]
+    #[arg(long, env = "ANOMALY_RATE", default_value_t = 0.002, value_parser = tidewatch_telemetry::runner::fraction)]
     pub anomaly_rate: f64,
     /// Event time of the first simulated minute: RFC 3339, or `now`. Default: the
     /// simulator's fixed epoch, so runs are reproducible.
@@ -96,15 +96,6 @@ pub struct Settings {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
-}
-
-fn fraction(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    if (0.0..=1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{v} is not a fraction between 0 and 1"))
-    }
 }
 
 fn non_negative(s: &str) -> Result<f64, String> {
@@ -675,6 +666,13 @@ async fn publish(
             }
         }
         if second_start.elapsed() >= Duration::from_secs(1) {
+            if let Some(fatal) = producer.fatal_error() {
+                // Nothing will be delivered again; a restart (the container's restart
+                // policy) continues the market with a new producer.
+                save(&stream);
+                tracing::error!(error = fatal, "the producer failed for good; stopping");
+                anyhow::bail!("the Kafka producer failed for good: {fatal}");
+            }
             metrics
                 .rate
                 .set(second_count as f64 / second_start.elapsed().as_secs_f64());
