@@ -1,5 +1,6 @@
 //! The start and end every service binary shares, so a `main.rs` is only what differs: the
-//! service's name, its settings type and what it runs.
+//! service's name, its settings type and what it runs; and the value parsers their
+//! settings share.
 
 use std::future::Future;
 
@@ -55,4 +56,14 @@ where
                 }
             }
         })
+}
+
+/// A clap value parser for a share: a number from 0 to 1.
+pub fn fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a fraction between 0 and 1"))
+    }
 }

@@ -62,7 +62,7 @@ pub struct Settings {
     #[arg(long, env = "RATE", default_value_t = 5.0, value_parser = rate)]
     pub rate: f64,
     /// Share of requests sent to /v1/predict/batch instead of /v1/predict.
-    #[arg(long, env = "BATCH_SHARE", default_value_t = 0.1, value_parser = fraction)]
+    #[arg(long, env = "BATCH_SHARE", default_value_t = 0.1, value_parser = tidewatch_telemetry::runner::fraction)]
     pub batch_share: f64,
     /// Items in each batch request (1-1000).
     #[arg(long, env = "BATCH_SIZE", default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
@@ -90,15 +90,6 @@ fn rate(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("{v} is not a rate between 0 and {MAX_RATE}"))
-    }
-}
-
-fn fraction(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    if (0.0..=1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{v} is not a fraction between 0 and 1"))
     }
 }
 
