@@ -144,7 +144,7 @@ pub trait Processor: Send {
     /// `watermarks` the partition's (first offset held, offset the next message gets), if
     /// the broker answered. A processor that must rebuild state returns the offset to start
     /// from instead; one whose checkpoint the topic no longer holds (a broker that lost its
-    /// data, or retention that deleted it) must start over from what the topic holds.
+    /// data while the checkpoint store kept it) must start over from what the topic holds.
     fn assigned(
         &mut self,
         _partition: i32,
