@@ -9,8 +9,9 @@ alert-receiver) and the Docker CLI, as a user would. Subcommands:
                        read-only as uid 10001, build info names the commit, binaries
                        stripped, and a stopped stage pages through Alertmanager
   snapshot FILE        records the stored bars and judged predictions and the time
-  after STEP FILE      after a restart: bars and judged predictions keep coming, and the
-                       late dead letters since the snapshot are no flood; prints figures
+  after STEP FILE [S]  after a restart: bars and judged predictions keep coming (within S
+                       seconds, default 240), and the late dead letters since the snapshot
+                       are no flood; prints figures
 
 Settings come from the environment scripts/check-compose-docker sets: TW_COMPOSE (the
 compose command as a JSON list), the TIDEWATCH_*_PORT variables, ADMIN_TOKEN, GIT_COMMIT.
@@ -239,7 +240,7 @@ def snapshot(path):
     print(f"  before: {s['bars']} bars, {s['judged']} judged predictions stored, newest bar {s['newest_bar']}")
 
 
-def after(step, path):
+def after(step, path, timeout=240):
     before = json.load(open(path))
     print(f"after {step}:")
 
@@ -247,7 +248,7 @@ def after(step, path):
         now = stored()
         # A minute of event time is a wall second: 100 new bars is well under two minutes.
         return now if now["bars"] >= before["bars"] + 100 and now["judged"] > before["judged"] else None
-    now = wait(f"new bars and judged predictions after {step}", 240, progressed, interval=3)
+    now = wait(f"new bars and judged predictions after {step}", timeout, progressed, interval=3)
     now = now or stored()
     elapsed = time.time() - before["at"]
     check(now["bars"] >= before["bars"] + 100,
@@ -287,8 +288,8 @@ def main():
         first_day()
     elif command[:1] == ["snapshot"] and len(command) == 2:
         snapshot(command[1])
-    elif command[:1] == ["after"] and len(command) == 3:
-        after(command[1], command[2])
+    elif command[:1] == ["after"] and len(command) in (3, 4):
+        after(command[1], command[2], *(int(t) for t in command[3:]))
     else:
         sys.exit(__doc__)
     sys.exit(1 if failed else 0)
