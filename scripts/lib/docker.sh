@@ -45,7 +45,13 @@ ensure_docker() {
   if ! docker info >/dev/null 2>&1; then
     log "starting a Docker engine"
     TW_DOCKERD_LOG=$(mktemp "${TMPDIR:-/tmp}/tidewatch-dockerd.XXXXXX")
-    as_root dockerd >"$TW_DOCKERD_LOG" 2>&1 &
+    # Started directly (not through a function, whose subshell would be the pid), so
+    # docker_stop's SIGTERM reaches dockerd itself (or sudo, which passes it on).
+    if [ "$(id -u)" -eq 0 ]; then
+      dockerd >"$TW_DOCKERD_LOG" 2>&1 &
+    else
+      sudo dockerd >"$TW_DOCKERD_LOG" 2>&1 &
+    fi
     TW_DOCKERD_PID=$!
     wait_for "the Docker engine" 60 docker info
   fi
