@@ -151,6 +151,8 @@ start_alertmanager() {
   if [ -n "${TW_RECEIVER_URL:-}" ]; then
     sed "s#http://alert-receiver:9095#$TW_RECEIVER_URL#" "$config" >"$dir/alertmanager.yml"
     config="$dir/alertmanager.yml"
+    # Template paths are relative to the configuration file.
+    ln -sfn "$TW_ROOT/monitoring/alertmanager/templates" "$dir/templates"
   fi
   prometheus-alertmanager --config.file="$config" \
     --storage.path="$dir" --web.listen-address="127.0.0.1:$TW_AM_PORT" --cluster.listen-address= \

@@ -14,8 +14,26 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tidewatch_telemetry::{catalog, ComponentHealth, HealthHandle};
 
-/// librdkafka reports lag -1 or offsets -1001 (unset) before anything is committed.
-const UNSET: i64 = -1;
+/// Messages of a partition the stage has not yet taken: the high watermark minus the
+/// position the stage has consumed to (librdkafka's `app_offset`, the last message handed
+/// to the application plus one), or minus the committed offset before it has taken any.
+/// Not the committed lag: a stateful stage (aggregate) commits the first message of its
+/// oldest open window, so its committed lag stays large while it keeps up. None while the
+/// watermark is unknown or nothing is consumed or committed (librdkafka reports -1 or
+/// -1001 for unset offsets).
+fn backlog(high_watermark: i64, consumed_to: i64, committed: i64) -> Option<i64> {
+    if high_watermark < 0 {
+        return None;
+    }
+    let position = if consumed_to >= 0 {
+        consumed_to
+    } else if committed >= 0 {
+        committed
+    } else {
+        return None;
+    };
+    Some((high_watermark - position).max(0))
+}
 
 /// A change of assignment, for the stage loop to hand to its processor.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,12 +123,12 @@ impl ClientContext for StageContext {
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 // -1 is librdkafka's internal "unassigned" partition.
-                if *partition < 0
-                    || p.consumer_lag == UNSET
-                    || p.committed_offset < 0 && p.hi_offset < 0
-                {
+                if *partition < 0 {
                     continue;
                 }
+                let Some(backlog) = backlog(p.hi_offset, p.app_offset, p.committed_offset) else {
+                    continue;
+                };
                 let gauge = gauges
                     .entry((topic.clone(), *partition))
                     .or_insert_with(|| {
@@ -118,7 +136,7 @@ impl ClientContext for StageContext {
                         catalog::KAFKA_CONSUMER_LAG
                             .gauge(&[("topic", topic), ("partition", &partition)])
                     });
-                gauge.set(p.consumer_lag.max(0) as f64);
+                gauge.set(backlog as f64);
             }
         }
     }
@@ -206,4 +224,21 @@ fn describe_offsets(tpl: &TopicPartitionList) -> String {
         .map(|e| format!("{}[{}]={:?}", e.topic(), e.partition(), e.offset()))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backlog;
+
+    #[test]
+    fn backlog_counts_from_the_consumed_position_not_the_committed_one() {
+        // aggregate: committed far behind (its oldest open window), consumed near the end.
+        assert_eq!(backlog(50_000, 49_990, 3_000), Some(10));
+        // Before the first message is taken, the committed offset is where it resumes.
+        assert_eq!(backlog(50_000, -1001, 3_000), Some(47_000));
+        // A watermark fetched before the last message arrived never gives a negative lag.
+        assert_eq!(backlog(100, 105, 90), Some(0));
+        assert_eq!(backlog(-1, 10, 5), None);
+        assert_eq!(backlog(100, -1001, -1001), None);
+    }
 }

@@ -32,6 +32,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 
+pub use dlq::{Cause, Code};
 pub use producer::{Producer, Record};
 pub use stage::{Input, Outcome, Processor, StageConfig};
 

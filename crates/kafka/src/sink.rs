@@ -19,7 +19,7 @@ use tidewatch_telemetry::{catalog, ComponentHealth, HealthHandle, Shutdown};
 use tidewatch_web::Faults;
 
 use crate::context::StageContext;
-use crate::dlq::{dead_letter, DLQ_TOPIC};
+use crate::dlq::{dead_letter, Code, DLQ_TOPIC};
 use crate::producer::Producer;
 use crate::stage::{
     commit_final, count_dead_letter, count_error, register_error_series, subscribe, Input,
@@ -29,7 +29,7 @@ use crate::stage::{
 /// letter's code) and a sentence for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
-    pub code: &'static str,
+    pub code: Code,
     pub reason: String,
 }
 
@@ -45,7 +45,7 @@ pub trait Sink: Send {
     fn write(&mut self, items: &[Self::Item]) -> impl Future<Output = anyhow::Result<()>> + Send;
 
     /// The rejection codes [`Sink::decode`] can return, so their series start at zero.
-    fn error_codes(&self) -> &'static [&'static str] {
+    fn error_codes(&self) -> &'static [Code] {
         &[]
     }
 }
@@ -149,7 +149,7 @@ pub async fn run<S: Sink>(
                         topic = input.topic,
                         partition = input.partition,
                         offset = input.offset,
-                        code,
+                        code = code.name,
                         "message dead-lettered"
                     );
                     dead_letters.push(producer.send(&dead_letter(
@@ -305,7 +305,7 @@ struct SinkMetrics {
 }
 
 impl SinkMetrics {
-    fn new(stage: &'static str, codes: &[&'static str]) -> Self {
+    fn new(stage: &'static str, codes: &[Code]) -> Self {
         let s = [("stage", stage)];
         register_error_series(
             stage,
@@ -342,8 +342,8 @@ impl SinkMetrics {
         count_error(self.stage, error_type);
     }
 
-    fn dead_lettered(&self, code: &'static str) {
-        count_error(self.stage, code);
+    fn dead_lettered(&self, code: Code) {
+        count_error(self.stage, code.name);
         count_dead_letter(self.stage, code);
     }
 

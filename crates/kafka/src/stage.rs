@@ -26,7 +26,7 @@ use tidewatch_telemetry::{catalog, HealthHandle, Shutdown};
 use tidewatch_web::Faults;
 
 use crate::context::{AssignmentChange, StageContext};
-use crate::dlq::dead_letter;
+use crate::dlq::{dead_letter, Code, ENCODE_FAILED};
 use crate::producer::{ProduceError, Producer, Record};
 
 /// One consumed message, as a processor sees it.
@@ -95,11 +95,9 @@ pub struct Position {
 pub enum Outcome {
     /// Write these records (possibly none) to their topics.
     Emit(Vec<Record>),
-    /// Send the input unchanged to the dead-letter topic; `error_code` is a bounded label.
-    DeadLetter {
-        error_code: &'static str,
-        reason: String,
-    },
+    /// Send the input unchanged to the dead-letter topic, with a bounded code (a label)
+    /// and a reason for people.
+    DeadLetter { code: Code, reason: String },
     /// The message cannot be handled now and the stage is stopping (a dependency stayed
     /// away until shutdown): its offset is not stored, so it is processed after restart.
     Abandon,
@@ -109,7 +107,7 @@ impl Outcome {
     /// The dead letter for an output that could not be serialised.
     pub fn encode_failed(e: &serde_json::Error) -> Self {
         Outcome::DeadLetter {
-            error_code: "encode_failed",
+            code: ENCODE_FAILED,
             reason: format!("output could not be encoded: {e}"),
         }
     }
@@ -123,7 +121,7 @@ pub trait Processor: Send {
 
     /// The dead-letter codes this processor can return, so their series exist (at zero)
     /// from the start: an alert on a rate needs the series before the first event.
-    fn error_codes(&self) -> &'static [&'static str] {
+    fn error_codes(&self) -> &'static [Code] {
         &[]
     }
 
@@ -223,7 +221,7 @@ impl StageMetrics {
         total.increment(bytes as u64);
     }
 
-    fn register(&self, codes: &[&'static str]) {
+    fn register(&self, codes: &[Code]) {
         register_error_series(self.stage, &["consume_failed", "produce_failed"], codes);
     }
 
@@ -231,8 +229,8 @@ impl StageMetrics {
         count_error(self.stage, error_type);
     }
 
-    fn dead_lettered(&self, error_code: &'static str) {
-        count_dead_letter(self.stage, error_code);
+    fn dead_lettered(&self, code: Code) {
+        count_dead_letter(self.stage, code);
     }
 }
 
@@ -241,17 +239,15 @@ impl StageMetrics {
 pub(crate) fn register_error_series(
     stage: &'static str,
     error_types: &[&'static str],
-    codes: &[&'static str],
+    codes: &[Code],
 ) {
-    for error_type in error_types.iter().chain(codes) {
+    for error_type in error_types.iter().chain(codes.iter().map(|c| &c.name)) {
         catalog::COMPONENT_ERRORS
             .counter(&[("stage", stage), ("error_type", error_type)])
             .absolute(0);
     }
     for code in codes {
-        catalog::DLQ_MESSAGES
-            .counter(&[("stage", stage), ("error_code", code)])
-            .absolute(0);
+        dlq_counter(stage, *code).absolute(0);
     }
     catalog::COMPONENT_DISCARDED_EVENTS
         .counter(&[("stage", stage), ("intentional", "true")])
@@ -264,11 +260,17 @@ pub(crate) fn count_error(stage: &'static str, error_type: &'static str) {
         .increment(1);
 }
 
+fn dlq_counter(stage: &'static str, code: Code) -> metrics::Counter {
+    catalog::DLQ_MESSAGES.counter(&[
+        ("stage", stage),
+        ("error_code", code.name),
+        ("cause", code.cause.as_str()),
+    ])
+}
+
 /// A message sent to the dead-letter topic: counted by code and as an intentional discard.
-pub(crate) fn count_dead_letter(stage: &'static str, code: &'static str) {
-    catalog::DLQ_MESSAGES
-        .counter(&[("stage", stage), ("error_code", code)])
-        .increment(1);
+pub(crate) fn count_dead_letter(stage: &'static str, code: Code) {
+    dlq_counter(stage, code).increment(1);
     catalog::COMPONENT_DISCARDED_EVENTS
         .counter(&[("stage", stage), ("intentional", "true")])
         .increment(1);
@@ -373,10 +375,10 @@ pub async fn run<P: Processor>(
                         tracing::info!(partition = input.partition, offset = input.offset, "message left for after restart");
                         break Ok(());
                     }
-                    Outcome::DeadLetter { error_code, reason } => {
-                        metrics.error(error_code);
-                        metrics.dead_lettered(error_code);
-                        vec![dead_letter(config.stage, &input, error_code, &reason)]
+                    Outcome::DeadLetter { code, reason } => {
+                        metrics.error(code.name);
+                        metrics.dead_lettered(code);
+                        vec![dead_letter(config.stage, &input, code, &reason)]
                     }
                 };
                 metrics.processing.record(start.elapsed().as_secs_f64());

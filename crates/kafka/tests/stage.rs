@@ -40,7 +40,7 @@ impl Processor for Doubler {
                 (n * 2).to_string().into_bytes(),
             )]),
             None => Outcome::DeadLetter {
-                error_code: "decode_failed",
+                code: tidewatch_kafka::Code::pipeline("decode_failed"),
                 reason: format!(
                     "not an integer: {:?}",
                     String::from_utf8_lossy(input.payload)

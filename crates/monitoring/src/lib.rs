@@ -222,6 +222,9 @@ fn burn_condition(slo: &Slo, burns: &[Burn]) -> String {
         .join(" or ")
 }
 
+/// Seconds an SLI must have been measured before its budget alerts may fire.
+const BUDGET_MEASURED_FOR: u32 = 86_400;
+
 /// The rules file for `spec`.
 pub fn generate(spec: &Spec) -> String {
     let mut out = String::from(
@@ -350,6 +353,70 @@ pub fn generate(spec: &Spec) -> String {
                 "          runbook_url: {RUNBOOK}#{}",
                 alert.to_lowercase()
             );
+        }
+        // How long the SLI has been measured: a budget "remaining" over a 30-day window
+        // that holds minutes of data says nothing, so the budget alerts wait for a day.
+        record(
+            &mut out,
+            "slo:measured_for:seconds",
+            &format!(
+                "time() - min_over_time(timestamp(slo:objective:ratio{sel})[{}:1h])",
+                spec.period
+            ),
+            slo,
+        );
+        for (severity, floor) in [("warning", 0.25), ("critical", 0.10)] {
+            let _ = writeln!(out, "      - alert: SLOErrorBudgetLow");
+            let _ = writeln!(
+                out,
+                "        expr: {}",
+                quote(&format!(
+                    "slo:error_budget_remaining:ratio{sel} < {floor} \
+                     and on(slo) slo:measured_for:seconds{sel} > {BUDGET_MEASURED_FOR}"
+                ))
+            );
+            let _ = writeln!(out, "        for: 15m");
+            labels(
+                &mut out,
+                "        ",
+                &[
+                    ("severity", severity),
+                    ("slo", &slo.name),
+                    ("service", &slo.service),
+                    ("component", &slo.component),
+                    (
+                        "notify",
+                        if severity == "critical" {
+                            "page"
+                        } else {
+                            "ticket"
+                        },
+                    ),
+                ],
+            );
+            let _ = writeln!(out, "        annotations:");
+            let _ = writeln!(
+                out,
+                "          summary: {}",
+                quote(&format!(
+                    "{} has {{{{ $value | humanizePercentage }}}} of its error budget left",
+                    slo.name
+                ))
+            );
+            let _ = writeln!(
+                out,
+                "          description: {}",
+                quote(&format!(
+                    "{} ({}) has less than {}% of its {} error budget left ({{{{ $value | humanizePercentage }}}}): \
+                     a little more of what spent it and the {}% objective is missed.",
+                    slo.name,
+                    slo.description.trim_end_matches('.'),
+                    floor * 100.0,
+                    spec.period,
+                    slo.objective * 100.0
+                ))
+            );
+            let _ = writeln!(out, "          runbook_url: {RUNBOOK}#sloerrorbudgetlow");
         }
         let _ = writeln!(out, "      - alert: SLOMetricAbsent");
         let _ = writeln!(

@@ -231,6 +231,25 @@ pub const HTTP_SERVER_RESPONSE_BODY_SIZE: MetricDef = MetricDef {
     group: Group::Http,
 };
 
+pub const HTTP_MAX_CONCURRENT_REQUESTS: MetricDef = MetricDef {
+    name: "tidewatch_http_max_concurrent_requests",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &[],
+    help: "The API's limit on requests served at once (MAX_CONCURRENT_REQUESTS); absent when unlimited.",
+    buckets: &[],
+    group: Group::Http,
+};
+pub const HTTP_REQUESTS_SHED: MetricDef = MetricDef {
+    name: "tidewatch_http_requests_shed_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &[],
+    help: "Requests answered 503 overloaded at once because the concurrency limit was reached.",
+    buckets: &[],
+    group: Group::Http,
+};
+
 // --- Process (names fixed by metrics-process, which follows the Prometheus client convention) ---
 
 pub const PROCESS_CPU_SECONDS: MetricDef = MetricDef {
@@ -471,7 +490,7 @@ pub const KAFKA_CONSUMER_LAG: MetricDef = MetricDef {
     kind: MetricKind::Gauge,
     unit: None,
     labels: &["topic", "partition"],
-    help: "Messages between the partition's high watermark and the group's committed offset (librdkafka statistics).",
+    help: "Messages of the partition the stage has not yet taken: high watermark minus the consumed position (librdkafka statistics; not the committed lag, which a stateful stage keeps at its oldest open window).",
     buckets: &[],
     group: Group::Kafka,
 };
@@ -579,8 +598,8 @@ pub const DLQ_MESSAGES: MetricDef = MetricDef {
     name: "tidewatch_dlq_messages_total",
     kind: MetricKind::Counter,
     unit: None,
-    labels: &["stage", "error_code"],
-    help: "Messages sent to the dead-letter topic, by stage and bounded error code.",
+    labels: &["stage", "error_code", "cause"],
+    help: "Messages sent to the dead-letter topic, by stage, bounded error code and cause (input: the producer sent a record that must be refused; pipeline: a record the pipeline should have handled was lost).",
     buckets: &[],
     group: Group::Kafka,
 };
@@ -1039,6 +1058,8 @@ pub const ALL: &[&MetricDef] = &[
     &HTTP_SERVER_ACTIVE_REQUESTS,
     &HTTP_SERVER_REQUEST_BODY_SIZE,
     &HTTP_SERVER_RESPONSE_BODY_SIZE,
+    &HTTP_MAX_CONCURRENT_REQUESTS,
+    &HTTP_REQUESTS_SHED,
     &PROCESS_CPU_SECONDS,
     &PROCESS_RESIDENT_MEMORY,
     &PROCESS_VIRTUAL_MEMORY,

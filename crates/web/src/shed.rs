@@ -12,6 +12,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use tidewatch_telemetry::catalog;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
 use tower::{BoxError, ServiceBuilder};
@@ -24,6 +25,11 @@ pub fn limit<S: Clone + Send + Sync + 'static>(api: Router<S>, max_concurrent: u
     if max_concurrent == 0 {
         return api;
     }
+    catalog::HTTP_MAX_CONCURRENT_REQUESTS
+        .gauge(&[])
+        .set(max_concurrent as f64);
+    // The series exists at zero: an alert on its rate needs it before the first shed.
+    catalog::HTTP_REQUESTS_SHED.counter(&[]).absolute(0);
     api.layer(
         ServiceBuilder::new()
             .layer(HandleErrorLayer::new(overloaded))
@@ -44,6 +50,7 @@ async fn yield_once(request: Request, next: Next) -> Response {
 }
 
 async fn overloaded(_: BoxError) -> Result<Response, Infallible> {
+    catalog::HTTP_REQUESTS_SHED.counter(&[]).increment(1);
     let mut res = ApiError::client(
         StatusCode::SERVICE_UNAVAILABLE,
         "overloaded",

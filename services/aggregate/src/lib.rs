@@ -15,9 +15,10 @@ use std::time::Duration;
 use clap::Parser;
 use metrics::{Counter, Gauge};
 use tidewatch_db::DatabaseArgs;
+use tidewatch_kafka::dlq::ENCODE_FAILED;
 use tidewatch_kafka::service::StageArgs;
 use tidewatch_kafka::stage::{Input, Outcome, Position, Processor};
-use tidewatch_kafka::Record;
+use tidewatch_kafka::{Code, Record};
 use tidewatch_schema::{EnrichedTrade, TOPIC_BARS, TOPIC_FEATURES, TOPIC_TRADES_ENRICHED};
 use tidewatch_telemetry::{catalog, TelemetryArgs};
 
@@ -25,6 +26,11 @@ use crate::checkpoint::CheckpointStore;
 use crate::window::{Admission, Checkpoint, PartitionWindows};
 
 pub const SERVICE: &str = "aggregate";
+
+/// enrich emitted something aggregate cannot read: lost by the pipeline.
+const MALFORMED_TRADE: Code = Code::pipeline("malformed_trade");
+/// The trade's window had closed when it arrived: the venue sent it too late.
+const LATE_TRADE: Code = Code::input("late_trade");
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -192,8 +198,8 @@ fn topic_lost(checkpoint: &Checkpoint, high: i64) -> bool {
 }
 
 impl Processor for Aggregate {
-    fn error_codes(&self) -> &'static [&'static str] {
-        &["malformed_trade", "late_trade", "encode_failed"]
+    fn error_codes(&self) -> &'static [Code] {
+        &[MALFORMED_TRADE, LATE_TRADE, ENCODE_FAILED]
     }
 
     async fn process(&mut self, input: &Input<'_>) -> Outcome {
@@ -206,7 +212,7 @@ impl Processor for Aggregate {
             Err(_) if replay => return Outcome::Emit(Vec::new()),
             Err(e) => {
                 return Outcome::DeadLetter {
-                    error_code: "malformed_trade",
+                    code: MALFORMED_TRADE,
                     reason: format!("not an enriched trade: {e}"),
                 }
             }
@@ -229,7 +235,7 @@ impl Processor for Aggregate {
             self.metrics.late.increment(1);
             // Nothing closes on a late trade: it cannot move the watermark.
             return Outcome::DeadLetter {
-                error_code: "late_trade",
+                code: LATE_TRADE,
                 reason,
             };
         }

@@ -42,7 +42,7 @@ pub struct Settings {
         long,
         env = "RECEIVERS",
         value_delimiter = ',',
-        default_value = "page,ml-page,ticket,ml-ticket,info"
+        default_value = "page,ml-page,ticket,ml-ticket,info,slo-page,slo-ticket,security"
     )]
     pub receivers: Vec<String>,
     /// Notifications kept for `GET /v1/notifications`, at most (oldest dropped).

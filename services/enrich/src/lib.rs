@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use tidewatch_db::DatabaseArgs;
+use tidewatch_kafka::dlq::ENCODE_FAILED;
 use tidewatch_kafka::service::StageArgs;
 use tidewatch_kafka::stage::{Input, Outcome, Processor};
-use tidewatch_kafka::Record;
+use tidewatch_kafka::{Code, Record};
 use tidewatch_schema::{
     EnrichedTrade, Trade, HEADER_SIM_ANOMALY, HEADER_SIM_KIND, SIM_HEADER_PREFIX,
     TOPIC_TRADES_ENRICHED, TOPIC_TRADES_NORMALIZED,
@@ -32,6 +33,11 @@ use crate::reference::{Instrument, InstrumentCache, InstrumentSource, Lookup, Pg
 struct Stopping;
 
 pub const SERVICE: &str = "enrich";
+
+/// normalize emitted something enrich cannot read: lost by the pipeline.
+const MALFORMED_TRADE: Code = Code::pipeline("malformed_trade");
+/// A well-formed trade for a symbol the reference data does not list: the venue's.
+const UNKNOWN_SYMBOL: Code = Code::input("unknown_symbol");
 /// Longest wait between attempts to reach the database for an uncached symbol.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -155,8 +161,8 @@ impl<S: InstrumentSource> Enrich<S> {
 }
 
 impl<S: InstrumentSource> Processor for Enrich<S> {
-    fn error_codes(&self) -> &'static [&'static str] {
-        &["malformed_trade", "unknown_symbol", "encode_failed"]
+    fn error_codes(&self) -> &'static [Code] {
+        &[MALFORMED_TRADE, UNKNOWN_SYMBOL, ENCODE_FAILED]
     }
 
     async fn process(&mut self, input: &Input<'_>) -> Outcome {
@@ -164,7 +170,7 @@ impl<S: InstrumentSource> Processor for Enrich<S> {
             Ok(t) => t,
             Err(e) => {
                 return Outcome::DeadLetter {
-                    error_code: "malformed_trade",
+                    code: MALFORMED_TRADE,
                     reason: format!("not a canonical trade: {e}"),
                 }
             }
@@ -174,7 +180,7 @@ impl<S: InstrumentSource> Processor for Enrich<S> {
             Ok(Some(i)) => i,
             Ok(None) => {
                 return Outcome::DeadLetter {
-                    error_code: "unknown_symbol",
+                    code: UNKNOWN_SYMBOL,
                     reason: format!("no instrument {:?} in reference data", trade.symbol),
                 }
             }

@@ -10,7 +10,7 @@ use clap::Parser;
 use metrics::{Counter, Gauge};
 use tidewatch_kafka::service::StageArgs;
 use tidewatch_kafka::stage::{Input, Outcome, Processor};
-use tidewatch_kafka::Record;
+use tidewatch_kafka::{Code, Record};
 use tidewatch_schema::{
     decode_raw, Field, Issue, SIM_HEADER_PREFIX, TOPIC_TRADES_NORMALIZED, TOPIC_TRADES_RAW,
 };
@@ -141,7 +141,9 @@ impl Processor for Normalize {
                     c.increment(1);
                 }
                 Outcome::DeadLetter {
-                    error_code: rejection.code(),
+                    // normalize is where the producer's records are validated: whatever
+                    // it refuses is the input's fault.
+                    code: Code::input(rejection.code()),
                     reason: rejection.to_string(),
                 }
             }

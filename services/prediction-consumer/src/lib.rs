@@ -14,9 +14,10 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use metrics::{Counter, Gauge, Histogram};
+use tidewatch_kafka::dlq::ENCODE_FAILED;
 use tidewatch_kafka::service::StageArgs;
 use tidewatch_kafka::stage::{Input, Outcome, Processor};
-use tidewatch_kafka::Record;
+use tidewatch_kafka::{Code, Record};
 use tidewatch_model::monitor::DriftMonitor;
 use tidewatch_model::{Model, Variant};
 use tidewatch_schema::{
@@ -29,6 +30,10 @@ use crate::online::OnlineModel;
 use crate::scores::RollingScore;
 
 pub const SERVICE: &str = "prediction-consumer";
+
+/// aggregate emitted features this stage cannot read or use: lost by the pipeline.
+const MALFORMED_FEATURES: Code = Code::pipeline("malformed_features");
+const INVALID_FEATURES: Code = Code::pipeline("invalid_features");
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -287,8 +292,8 @@ impl PredictionConsumer {
 }
 
 impl Processor for PredictionConsumer {
-    fn error_codes(&self) -> &'static [&'static str] {
-        &["malformed_features", "invalid_features", "encode_failed"]
+    fn error_codes(&self) -> &'static [Code] {
+        &[MALFORMED_FEATURES, INVALID_FEATURES, ENCODE_FAILED]
     }
 
     async fn process(&mut self, input: &Input<'_>) -> Outcome {
@@ -296,14 +301,14 @@ impl Processor for PredictionConsumer {
             Ok(f) => f,
             Err(e) => {
                 return Outcome::DeadLetter {
-                    error_code: "malformed_features",
+                    code: MALFORMED_FEATURES,
                     reason: format!("not a feature record: {e}"),
                 }
             }
         };
         if f.features.to_array().iter().any(|v| !v.is_finite()) {
             return Outcome::DeadLetter {
-                error_code: "invalid_features",
+                code: INVALID_FEATURES,
                 reason: "a feature is not a finite number".to_owned(),
             };
         }

@@ -21,6 +21,7 @@ use tidewatch_db::DatabaseArgs;
 use tidewatch_kafka::service::{BatchArgs, StageArgs, StageService};
 use tidewatch_kafka::sink::{Rejected, Sink};
 use tidewatch_kafka::stage::Input;
+use tidewatch_kafka::Code;
 use tidewatch_schema::{
     BarRecord, OutcomeRecord, PredictionRecord, TOPIC_BARS, TOPIC_OUTCOMES, TOPIC_PREDICTIONS,
 };
@@ -166,12 +167,19 @@ const MIN_TIME_MS: i64 = 946_684_800_000;
 const MAX_TIME_MS: i64 = 4_102_444_800_000;
 
 /// Rejection codes of [`Projection::decode`].
-const CODES: &[&str] = &[
-    "malformed_bar",
-    "malformed_prediction",
-    "malformed_outcome",
-    "invalid_record",
-    "unexpected_topic",
+// Everything project reads was written by Tidewatch's own stages: a record it must refuse
+// is data the pipeline lost.
+const MALFORMED_BAR: Code = Code::pipeline("malformed_bar");
+const MALFORMED_PREDICTION: Code = Code::pipeline("malformed_prediction");
+const MALFORMED_OUTCOME: Code = Code::pipeline("malformed_outcome");
+const INVALID_RECORD: Code = Code::pipeline("invalid_record");
+const UNEXPECTED_TOPIC: Code = Code::pipeline("unexpected_topic");
+const CODES: &[Code] = &[
+    MALFORMED_BAR,
+    MALFORMED_PREDICTION,
+    MALFORMED_OUTCOME,
+    INVALID_RECORD,
+    UNEXPECTED_TOPIC,
 ];
 
 /// The sink: which topic holds what, and where it is written.
@@ -196,7 +204,7 @@ impl Projection {
 
 fn invalid(reason: impl Into<String>) -> Rejected {
     Rejected {
-        code: "invalid_record",
+        code: INVALID_RECORD,
         reason: reason.into(),
     }
 }
@@ -283,7 +291,7 @@ pub fn validate_outcome(o: &OutcomeRecord) -> Result<(), Rejected> {
 
 fn decode<T: serde::de::DeserializeOwned>(
     payload: &[u8],
-    code: &'static str,
+    code: Code,
     what: &str,
 ) -> Result<T, Rejected> {
     serde_json::from_slice(payload).map_err(|e| Rejected {
@@ -297,21 +305,21 @@ impl Sink for Projection {
 
     fn decode(&self, input: &Input<'_>) -> Result<Item, Rejected> {
         if input.topic == self.bars_topic {
-            let b: BarRecord = decode(input.payload, "malformed_bar", "bar record")?;
+            let b: BarRecord = decode(input.payload, MALFORMED_BAR, "bar record")?;
             validate_bar(&b)?;
             Ok(Item::Bar(b))
         } else if input.topic == self.predictions_topic {
             let p: PredictionRecord =
-                decode(input.payload, "malformed_prediction", "prediction record")?;
+                decode(input.payload, MALFORMED_PREDICTION, "prediction record")?;
             validate_prediction(&p)?;
             Ok(Item::Prediction(p))
         } else if input.topic == self.outcomes_topic {
-            let o: OutcomeRecord = decode(input.payload, "malformed_outcome", "outcome record")?;
+            let o: OutcomeRecord = decode(input.payload, MALFORMED_OUTCOME, "outcome record")?;
             validate_outcome(&o)?;
             Ok(Item::Outcome(o))
         } else {
             Err(Rejected {
-                code: "unexpected_topic",
+                code: UNEXPECTED_TOPIC,
                 reason: format!("project does not read {}", input.topic),
             })
         }
@@ -321,7 +329,7 @@ impl Sink for Projection {
         self.store.write(items).await.map(drop)
     }
 
-    fn error_codes(&self) -> &'static [&'static str] {
+    fn error_codes(&self) -> &'static [Code] {
         CODES
     }
 }
@@ -367,7 +375,7 @@ mod tests {
         ];
         for (topic, payload, code) in cases {
             let err = p.decode(&input(topic, &payload)).expect_err("rejected");
-            assert_eq!(err.code, code, "{topic}");
+            assert_eq!(err.code.name, code, "{topic}");
             assert!(!err.reason.is_empty());
         }
         for (field, value) in [
@@ -381,7 +389,7 @@ mod tests {
             bad[field] = value;
             let bytes = serde_json::to_vec(&bad).expect("json");
             let err = p.decode(&input("bars.1m", &bytes)).expect_err(field);
-            assert_eq!(err.code, "invalid_record", "{field}");
+            assert_eq!(err.code, INVALID_RECORD, "{field}");
         }
     }
 }
