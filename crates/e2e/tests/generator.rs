@@ -171,6 +171,57 @@ async fn admin_controls_rate_regime_and_pause_behind_the_token() {
     );
     assert_eq!(status().await["regime_held"], Value::Null);
 
+    // Planted anomalies: share and severity change at run time, and back.
+    for (body, field) in [
+        (json!({"anomaly_rate": 2.0}), "anomaly_rate"),
+        (json!({"severity": "severe"}), "anomaly_rate"),
+        (
+            json!({"anomaly_rate": 0.05, "severity": "wild"}),
+            "severity",
+        ),
+    ] {
+        let r = put("/v1/admin/anomalies", Some("s3cret"), body)
+            .await
+            .expect("sent");
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            r.json::<Value>().await.expect("json")["error"]["field"],
+            field
+        );
+    }
+    let anomalies = |m: &str| counter(m, "tidewatch_generator_records_total{kind=\"anomaly\"}");
+    let before = anomalies(&generator.metrics().await.expect("metrics"));
+    let r = put(
+        "/v1/admin/anomalies",
+        Some("s3cret"),
+        json!({"anomaly_rate": 0.05, "severity": "severe"}),
+    )
+    .await
+    .expect("sent");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.json::<Value>().await.expect("json")["previous"],
+        json!({"anomaly_rate": 0.002, "severity": "mild"})
+    );
+    assert_eq!(status().await["anomaly_severity"], "severe");
+    // At 1,000 records a second, 5% of trades: hundreds within a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while anomalies(&generator.metrics().await.expect("metrics")) < before + 100.0 {
+        assert!(Instant::now() < deadline, "no burst of planted anomalies");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reset = client
+        .delete(generator.url("/v1/admin/anomalies"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(reset.status(), StatusCode::OK);
+    assert_eq!(
+        reset.json::<Value>().await.expect("json")["anomalies"],
+        json!({"anomaly_rate": 0.002, "severity": "mild"})
+    );
+
     let pause = client
         .post(generator.url("/v1/admin/pause"))
         .bearer_auth("s3cret")

@@ -2,7 +2,8 @@
 //!
 //! Prices follow geometric Brownian motion whose volatility and trading activity depend on a
 //! per-symbol Markov regime (calm, normal, turbulent), stepped once per event-time minute.
-//! A fraction of trades can be labelled anomalies (price jumps off the path, outsized sizes).
+//! A fraction of trades can be labelled anomalies (price jumps off the path, outsized sizes),
+//! mild (inside a detector's warning band) or severe (past its critical thresholds).
 //! The same seed and configuration give the same trades, and each symbol draws from its own
 //! random stream, so one symbol's trades do not depend on which other symbols are simulated.
 //! The simulator does no I/O and knows nothing of wall time: callers map event time.
@@ -136,6 +137,49 @@ impl Regime {
     }
 }
 
+/// How far planted anomalies stray. `Mild` ones stay inside the warning band of a detector
+/// with critical thresholds at 5% off the recent price and 100 times the typical size (and
+/// warning ones at 2.5% and 25 times): a print 3-4% off the path, a trade of 30-70 typical
+/// sizes. `Severe` ones are far past the critical thresholds: 6-10% off, 120-200 sizes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnomalySeverity {
+    #[default]
+    Mild,
+    Severe,
+}
+
+impl AnomalySeverity {
+    pub const ALL: [AnomalySeverity; 2] = [AnomalySeverity::Mild, AnomalySeverity::Severe];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnomalySeverity::Mild => "mild",
+            AnomalySeverity::Severe => "severe",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// Relative distance of a planted print from the price path.
+    fn jump(self) -> std::ops::Range<f64> {
+        match self {
+            AnomalySeverity::Mild => 0.03..0.04,
+            AnomalySeverity::Severe => 0.06..0.10,
+        }
+    }
+
+    /// Size of a planted outsized trade, in the symbol's median (typical) sizes.
+    fn size_multiple(self) -> std::ops::Range<f64> {
+        match self {
+            AnomalySeverity::Mild => 30.0..70.0,
+            AnomalySeverity::Severe => 120.0..200.0,
+        }
+    }
+}
+
 /// Label of an injected anomaly, so detectors downstream can be scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -176,6 +220,7 @@ pub struct MarketConfig {
     pub start_ms: i64,
     /// Fraction of trades turned into labelled anomalies (0 for clean training data).
     pub anomaly_rate: f64,
+    pub anomaly_severity: AnomalySeverity,
     /// Prices to start from instead of each symbol's base price (symbol, price): a market
     /// that continues where an earlier run left off.
     pub start_prices: Vec<(String, f64)>,
@@ -188,6 +233,7 @@ impl MarketConfig {
             symbols: DEFAULT_SYMBOLS.to_vec(),
             start_ms: 1_767_225_600_000,
             anomaly_rate: 0.0,
+            anomaly_severity: AnomalySeverity::Mild,
             start_prices: Vec::new(),
         }
     }
@@ -206,6 +252,7 @@ pub struct Market {
     symbols: Vec<SymbolState>,
     minute_start_ms: i64,
     anomaly_rate: f64,
+    anomaly_severity: AnomalySeverity,
     /// A regime every symbol is kept in, whatever the Markov chain draws.
     held: Option<Regime>,
 }
@@ -253,6 +300,7 @@ impl Market {
             symbols,
             minute_start_ms: config.start_ms,
             anomaly_rate: config.anomaly_rate.clamp(0.0, 1.0),
+            anomaly_severity: config.anomaly_severity,
             held: None,
         }
     }
@@ -300,12 +348,29 @@ impl Market {
         self.held
     }
 
+    /// Plants anomalies at `rate` (0-1) and `severity` from the next simulated minute on.
+    pub fn set_anomalies(&mut self, rate: f64, severity: AnomalySeverity) {
+        self.anomaly_rate = rate.clamp(0.0, 1.0);
+        self.anomaly_severity = severity;
+    }
+
+    /// The share and severity of the anomalies planted now.
+    pub fn anomalies(&self) -> (f64, AnomalySeverity) {
+        (self.anomaly_rate, self.anomaly_severity)
+    }
+
     /// Simulates one event-time minute for every symbol; trades come sorted by time.
     pub fn next_minute(&mut self) -> Vec<Trade> {
         let start = self.minute_start_ms;
         let mut trades = Vec::new();
         for state in &mut self.symbols {
-            simulate_minute(state, start, self.anomaly_rate, &mut trades);
+            simulate_minute(
+                state,
+                start,
+                self.anomaly_rate,
+                self.anomaly_severity,
+                &mut trades,
+            );
             if let Some(r) = self.held {
                 state.regime = r;
             }
@@ -327,6 +392,7 @@ fn simulate_minute(
     state: &mut SymbolState,
     start_ms: i64,
     anomaly_rate: f64,
+    severity: AnomalySeverity,
     out: &mut Vec<Trade>,
 ) {
     let regime = state.regime;
@@ -359,7 +425,7 @@ fn simulate_minute(
         let mut anomaly = None;
         if anomaly_rate > 0.0 && state.rng.random_bool(anomaly_rate) {
             if state.rng.random_bool(0.5) {
-                let jump = state.rng.random_range(0.03..0.10)
+                let jump = state.rng.random_range(severity.jump())
                     * if state.rng.random_bool(0.5) {
                         1.0
                     } else {
@@ -368,7 +434,7 @@ fn simulate_minute(
                 price *= 1.0 + jump;
                 anomaly = Some(AnomalyKind::PriceJump);
             } else {
-                size *= state.rng.random_range(50.0..200.0);
+                size = spec.median_size * state.rng.random_range(severity.size_multiple());
                 anomaly = Some(AnomalyKind::OutsizedTrade);
             }
         }
@@ -401,6 +467,7 @@ fn next_regime(current: Regime, u: f64) -> Regime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn run(config: &MarketConfig, minutes: usize) -> Vec<Trade> {
         let mut market = Market::new(config);
@@ -499,5 +566,50 @@ mod tests {
         let rate = labelled / trades.len() as f64;
         assert!((0.005..0.02).contains(&rate), "rate {rate}");
         assert!(trades.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms));
+    }
+
+    #[test]
+    fn mild_anomalies_stay_in_the_warning_band_and_severe_ones_go_past_critical() {
+        for (severity, jumps, sizes) in [
+            (AnomalySeverity::Mild, 0.025..0.045, 30.0..70.0),
+            (AnomalySeverity::Severe, 0.055..0.105, 120.0..200.0),
+        ] {
+            let mut config = MarketConfig::new(5);
+            config.anomaly_rate = 0.02;
+            config.anomaly_severity = severity;
+            let trades = run(&config, 120);
+            let median = |symbol: &str| {
+                DEFAULT_SYMBOLS
+                    .iter()
+                    .find(|s| s.symbol == symbol)
+                    .expect("a default symbol")
+                    .median_size
+            };
+            let mut last: HashMap<&str, &Trade> = HashMap::new();
+            let (mut checked_jumps, mut checked_sizes) = (0, 0);
+            for t in &trades {
+                match t.anomaly {
+                    Some(AnomalyKind::OutsizedTrade) => {
+                        let multiple = t.size / median(t.symbol);
+                        assert!(sizes.contains(&multiple), "{severity:?}: {multiple}");
+                        checked_sizes += 1;
+                    }
+                    Some(AnomalyKind::PriceJump) => {
+                        // Against the symbol's previous print, when that one was on the path.
+                        if let Some(prev) = last.get(t.symbol).filter(|p| p.anomaly.is_none()) {
+                            let off = (t.price / prev.price - 1.0).abs();
+                            assert!(jumps.contains(&off), "{severity:?}: {off}");
+                            checked_jumps += 1;
+                        }
+                    }
+                    None => {}
+                }
+                last.insert(t.symbol, t);
+            }
+            assert!(
+                checked_jumps > 10 && checked_sizes > 10,
+                "{checked_jumps} {checked_sizes}"
+            );
+        }
     }
 }

@@ -39,7 +39,8 @@ pub enum Fault {
     ErrorRate,
     /// Milliseconds added to every API request.
     LatencyMs,
-    /// Milliseconds added to the processing of every consumed message (a lag spike).
+    /// Milliseconds added to the processing of every message: each one a stage consumes (a
+    /// lag spike), each one the generator publishes (a shortfall of its rate).
     SlowdownMs,
     /// Readiness fails (a critical health component turns unhealthy).
     NotReady,

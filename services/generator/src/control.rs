@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tidewatch_market_sim::Regime;
+use tidewatch_market_sim::{AnomalySeverity, Regime};
 use tokio::sync::Notify;
 
 /// Settings the admin endpoints change while the generator runs.
@@ -16,16 +16,31 @@ pub struct Control {
     /// Share of records planted as bad, as `f64` bits.
     bad_fraction: AtomicU64,
     regime: Mutex<RegimeHold>,
+    anomalies: Mutex<AnomalyPlan>,
     changed: Notify,
 }
 
+/// The anomalies to plant (share, severity), the configured ones, and whether the
+/// publishing loop has yet to apply a change.
+#[derive(Debug)]
+struct AnomalyPlan {
+    now: (f64, AnomalySeverity),
+    configured: (f64, AnomalySeverity),
+    pending: bool,
+}
+
 impl Control {
-    pub fn new(rate: u64, bad_fraction: f64) -> Self {
+    pub fn new(rate: u64, bad_fraction: f64, anomalies: (f64, AnomalySeverity)) -> Self {
         Self {
             rate: AtomicU64::new(rate),
             paused: AtomicBool::new(false),
             bad_fraction: AtomicU64::new(bad_fraction.to_bits()),
             regime: Mutex::new(RegimeHold::default()),
+            anomalies: Mutex::new(AnomalyPlan {
+                now: anomalies,
+                configured: anomalies,
+                pending: false,
+            }),
             changed: Notify::new(),
         }
     }
@@ -59,6 +74,27 @@ impl Control {
     /// Sets the share of bad records from the next record on; returns the previous one.
     pub fn set_bad_fraction(&self, fraction: f64) -> f64 {
         f64::from_bits(self.bad_fraction.swap(fraction.to_bits(), Ordering::AcqRel))
+    }
+
+    /// The anomalies planted now: share of trades and severity.
+    pub fn anomalies(&self) -> (f64, AnomalySeverity) {
+        self.anomalies.lock().unwrap_or_else(|e| e.into_inner()).now
+    }
+
+    /// Plants anomalies at this share and severity from the next simulated minute, or
+    /// (`None`) as configured at start; returns the previous plan.
+    pub fn set_anomalies(&self, plan: Option<(f64, AnomalySeverity)>) -> (f64, AnomalySeverity) {
+        let mut a = self.anomalies.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = a.now;
+        a.now = plan.unwrap_or(a.configured);
+        a.pending = true;
+        previous
+    }
+
+    /// A change of the planted anomalies not yet applied, if any (the publishing loop's side).
+    pub fn take_anomaly_change(&self) -> Option<(f64, AnomalySeverity)> {
+        let mut a = self.anomalies.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut a.pending).then_some(a.now)
     }
 
     /// Holds every symbol in `regime` from the next simulated minute, or (`None`) releases

@@ -19,13 +19,13 @@ use futures::stream::{FuturesUnordered, StreamExt as _};
 use metrics::{Counter, Gauge};
 use secrecy::SecretString;
 use tidewatch_kafka::{ensure_topics, KafkaArgs, Producer, Record};
-use tidewatch_market_sim::{MarketConfig, Regime, SymbolSpec, DEFAULT_SYMBOLS};
+use tidewatch_market_sim::{AnomalySeverity, MarketConfig, Regime, SymbolSpec, DEFAULT_SYMBOLS};
 use tidewatch_schema::{HEADER_SIM_ANOMALY, HEADER_SIM_KIND, TOPIC_TRADES_RAW};
 use tidewatch_telemetry::server::{instrument, ops_router, serve};
 use tidewatch_telemetry::{
     catalog, ComponentHealth, Criticality, Shutdown, Telemetry, TelemetryArgs,
 };
-use tidewatch_web::faults::{self, Faults};
+use tidewatch_web::faults::{self, Fault, Faults};
 use tokio::net::TcpListener;
 
 use crate::control::{Control, Pacer};
@@ -70,6 +70,10 @@ pub struct Settings {
     /// Share of trades turned into labelled anomalies (price jumps, outsized sizes).
     #[arg(long, env = "ANOMALY_RATE", default_value_t = 0.002, value_parser = tidewatch_telemetry::runner::fraction)]
     pub anomaly_rate: f64,
+    /// How far planted anomalies stray: `mild` (inside enrich's warning band) or `severe`
+    /// (past its critical thresholds). `PUT /v1/admin/anomalies` changes both at run time.
+    #[arg(long, env = "ANOMALY_SEVERITY", default_value = "mild", value_parser = anomaly_severity)]
+    pub anomaly_severity: AnomalySeverity,
     /// Event time of the first simulated minute: RFC 3339, or `now`. Default: the
     /// simulator's fixed epoch, so runs are reproducible.
     #[arg(long, env = "START_TIME")]
@@ -107,6 +111,10 @@ fn non_negative(s: &str) -> Result<f64, String> {
     }
 }
 
+fn anomaly_severity(s: &str) -> Result<AnomalySeverity, String> {
+    AnomalySeverity::parse(s).ok_or_else(|| format!("{s:?} is not mild or severe"))
+}
+
 impl tidewatch_telemetry::runner::ServiceSettings for Settings {
     fn telemetry(&self) -> &TelemetryArgs {
         &self.telemetry
@@ -125,6 +133,7 @@ impl Settings {
         );
         let mut config = MarketConfig::new(self.seed);
         config.anomaly_rate = self.anomaly_rate;
+        config.anomaly_severity = self.anomaly_severity;
         if !self.symbols.is_empty() {
             config.symbols = self
                 .symbols
@@ -183,6 +192,7 @@ impl Settings {
             "bad_fraction": self.bad_fraction,
             "late_fraction": self.late_fraction,
             "anomaly_rate": self.anomaly_rate,
+            "anomaly_severity": self.anomaly_severity.as_str(),
             "start_time": self.start_time,
             "resume_from_topic": self.resume_from_topic,
             "state_dir": self.state_dir,
@@ -436,7 +446,11 @@ impl Generator {
             telemetry,
             producer,
             shared: Arc::new(Shared {
-                control: Control::new(settings.rate, settings.bad_fraction),
+                control: Control::new(
+                    settings.rate,
+                    settings.bad_fraction,
+                    (settings.anomaly_rate, settings.anomaly_severity),
+                ),
                 progress: Mutex::new(Progress {
                     resumed_from,
                     ..Progress::default()
@@ -506,7 +520,9 @@ impl Generator {
             });
         tracing::info!(addr = %listener.local_addr()?, topic, "listening");
         let admin = Arc::new(admin);
-        let faults = Faults::new(&[]);
+        // A slowdown makes every record cost more: the generator falls short of its rate
+        // (LowGenerationRate) as it would without enough CPU.
+        let faults = Faults::new(&[Fault::SlowdownMs]);
         faults.register_health(&telemetry.health);
         let app = instrument(
             routes::router(routes::AppState::new(
@@ -514,7 +530,7 @@ impl Generator {
                 admin.clone(),
                 max_body_bytes,
             ))
-            .merge(faults::router(faults, admin, max_body_bytes))
+            .merge(faults::router(faults.clone(), admin, max_body_bytes))
             .merge(ops_router(telemetry.clone())),
         );
         let server_stop = Shutdown::new();
@@ -531,6 +547,7 @@ impl Generator {
             time_scale,
             max_records,
             state_dir.as_deref(),
+            &faults,
             &shutdown,
         )
         .await;
@@ -553,6 +570,7 @@ async fn publish(
     time_scale: f64,
     max_records: u64,
     state_dir: Option<&std::path::Path>,
+    faults: &Faults,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let save = |stream: &RecordStream| {
@@ -622,6 +640,14 @@ async fn publish(
             pacer.rebase(rate);
         }
         stream.set_bad_fraction(control.bad_fraction());
+        if let Some((rate, severity)) = control.take_anomaly_change() {
+            stream.set_anomalies(rate, severity);
+            tracing::info!(
+                rate,
+                severity = severity.as_str(),
+                "planted anomalies changed"
+            );
+        }
         if let Some(hold) = control.take_regime_change() {
             stream.hold_regime(hold);
             match hold {
@@ -646,6 +672,11 @@ async fn publish(
             if shutdown.is_triggered() {
                 break;
             }
+        }
+        if !faults.slowdown().is_zero() {
+            faults.slow_down().await;
+            // Records a slowdown held back are not sent in a burst afterwards.
+            pacer.rebase(rate);
         }
         let mut record = Record::new(topic, Some(g.symbol.into_bytes()), g.payload)
             .header(HEADER_SIM_KIND, g.kind.as_str());

@@ -6,6 +6,10 @@
 //! - `PUT /v1/admin/regime` `{"regime": "turbulent"}` (calm, normal, turbulent) holds every
 //!   symbol in that regime until `DELETE /v1/admin/regime` lets the market move on by itself.
 //! - `PUT /v1/admin/bad-records` `{"bad_fraction": 0.3}`: a bad-record burst (and its end).
+//! - `PUT /v1/admin/anomalies` `{"anomaly_rate": 0.01, "severity": "severe"}` plants
+//!   labelled anomalies at that share of trades (severity `mild` or `severe`, default the
+//!   configured one) from the next simulated minute; `DELETE` goes back to the configured
+//!   share and severity.
 //! - `POST /v1/admin/pause`, `POST /v1/admin/resume`.
 
 use std::sync::Arc;
@@ -16,7 +20,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use metrics::Counter;
 use serde::Deserialize;
-use tidewatch_market_sim::Regime;
+use tidewatch_market_sim::{AnomalySeverity, Regime};
 use tidewatch_telemetry::catalog;
 use tidewatch_web::{AdminAuth, ApiError, BodyLimit, JsonBody};
 
@@ -30,7 +34,7 @@ pub struct AppState {
     shared: Arc<Shared>,
     admin: Arc<AdminAuth>,
     max_body_bytes: usize,
-    actions: Arc<[Counter; 6]>,
+    actions: Arc<[Counter; 8]>,
 }
 
 impl AppState {
@@ -42,6 +46,8 @@ impl AppState {
             "resume",
             "set_bad_fraction",
             "release_regime",
+            "set_anomalies",
+            "reset_anomalies",
         ]
         .map(|a| {
             let c = catalog::ADMIN_ACTIONS.counter(&[("action", a)]);
@@ -69,6 +75,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/rate", put(set_rate))
         .route("/v1/admin/regime", put(set_regime).delete(release_regime))
         .route("/v1/admin/bad-records", put(set_bad_records))
+        .route(
+            "/v1/admin/anomalies",
+            put(set_anomalies).delete(reset_anomalies),
+        )
         .route("/v1/admin/pause", post(pause))
         .route("/v1/admin/resume", post(resume))
         .with_state(state)
@@ -89,6 +99,8 @@ async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
         "records_per_second": control.rate(),
         "paused": control.paused(),
         "bad_fraction": control.bad_fraction(),
+        "anomaly_rate": control.anomalies().0,
+        "anomaly_severity": control.anomalies().1.as_str(),
         "regime_held": control.held_regime().map(Regime::as_str),
         "progress": progress,
     }))
@@ -164,6 +176,73 @@ async fn set_bad_records(
     Ok(Json(
         serde_json::json!({"bad_fraction": fraction, "previous": previous}),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetAnomalies {
+    anomaly_rate: Option<f64>,
+    severity: Option<String>,
+}
+
+fn anomalies_json(plan: (f64, AnomalySeverity)) -> serde_json::Value {
+    serde_json::json!({"anomaly_rate": plan.0, "severity": plan.1.as_str()})
+}
+
+async fn set_anomalies(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<JsonBody<SetAnomalies>, ApiError>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.admin.authorize(&headers)?;
+    let JsonBody(req) = body?;
+    let rate = req.anomaly_rate.ok_or_else(|| {
+        ApiError::invalid("anomaly_rate", "missing_field", "anomaly_rate is required")
+    })?;
+    if !(0.0..=1.0).contains(&rate) {
+        return Err(ApiError::invalid(
+            "anomaly_rate",
+            "invalid_value",
+            "anomaly_rate must be between 0 and 1",
+        ));
+    }
+    let control = &state.shared.control;
+    let severity = match req.severity {
+        None => control.anomalies().1,
+        Some(name) => AnomalySeverity::parse(&name).ok_or_else(|| {
+            ApiError::invalid(
+                "severity",
+                "invalid_value",
+                format!("unknown severity {name:?}; expected mild or severe"),
+            )
+        })?,
+    };
+    let previous = control.set_anomalies(Some((rate, severity)));
+    state.actions[6].increment(1);
+    tracing::info!(
+        rate,
+        severity = severity.as_str(),
+        "planted anomalies requested"
+    );
+    Ok(Json(serde_json::json!({
+        "anomalies": anomalies_json((rate, severity)),
+        "previous": anomalies_json(previous),
+    })))
+}
+
+async fn reset_anomalies(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.admin.authorize(&headers)?;
+    let control = &state.shared.control;
+    let previous = control.set_anomalies(None);
+    state.actions[7].increment(1);
+    tracing::info!("planted anomalies back to the configured ones");
+    Ok(Json(serde_json::json!({
+        "anomalies": anomalies_json(control.anomalies()),
+        "previous": anomalies_json(previous),
+    })))
 }
 
 #[derive(Debug, Deserialize)]

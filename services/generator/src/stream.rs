@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
-use tidewatch_market_sim::{AnomalyKind, Market, MarketConfig, Regime, Trade};
+use tidewatch_market_sim::{AnomalyKind, AnomalySeverity, Market, MarketConfig, Regime, Trade};
 use tidewatch_schema::{encode_raw, Venue};
 
 /// How long a late trade is held back, in event time: far beyond any sensible allowed
@@ -131,6 +131,11 @@ impl RecordStream {
     /// Changes the share of bad records from the next record on (a bad-record burst).
     pub fn set_bad_fraction(&mut self, fraction: f64) {
         self.mix.bad_fraction = fraction;
+    }
+
+    /// Plants anomalies at `rate` and `severity` from the next simulated minute.
+    pub fn set_anomalies(&mut self, rate: f64, severity: AnomalySeverity) {
+        self.market.set_anomalies(rate, severity);
     }
 
     /// Holds every symbol's volatility regime from the next simulated minute, or releases
