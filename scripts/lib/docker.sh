@@ -6,7 +6,7 @@
 # scripts/lib/standins built on it. Source after infra.sh.
 
 TW_STANDIN_BASE=tidewatch-standin/debian:bookworm
-TW_STANDINS=(kafka postgres prometheus alertmanager node-exporter)
+TW_STANDINS=(kafka postgres prometheus alertmanager node-exporter postgres-exporter)
 TW_DOCKER_PLUGINS=/usr/local/lib/docker/cli-plugins
 
 # The system's Debian mirror, for debootstrap and for the trixie plugins.

@@ -29,7 +29,8 @@ ensure_apt() {
 # Everything the tests need beyond Rust: Prometheus and promtool, Alertmanager and amtool,
 # PostgreSQL, wrk for benchmarks, and tansu (built from crates.io, 12-17 minutes cold).
 ensure_tools() {
-  ensure_apt prometheus prometheus-alertmanager postgresql wrk python3 curl
+  ensure_apt prometheus prometheus-alertmanager prometheus-node-exporter prometheus-postgres-exporter \
+    postgresql wrk python3 curl
   export PATH="$HOME/.cargo/bin:$PATH"
   ensure_rust_toolchain
   if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
@@ -111,6 +112,31 @@ start_postgres() {
   as_postgres "$bin/createdb" -h 127.0.0.1 -p "$TW_PG_PORT" -U postgres tidewatch
   export DATABASE_URL="postgres://postgres@127.0.0.1:$TW_PG_PORT/tidewatch"
   log "PostgreSQL on 127.0.0.1:$TW_PG_PORT (database tidewatch)"
+}
+
+# The off-the-shelf parts' exporters, as compose runs them: node-exporter for the host, and
+# postgres_exporter for the PostgreSQL at $DATABASE_URL; each is added to Prometheus's
+# targets (start Prometheus first).
+start_node_exporter() {
+  local port=${TW_NODE_EXPORTER_PORT:-$(free_port)}
+  prometheus-node-exporter --web.listen-address="127.0.0.1:$port" \
+    --collector.textfile.directory= --no-collector.systemd >"$TW_RUN/node-exporter.log" 2>&1 &
+  remember_pid $! node-exporter
+  wait_for "node-exporter on :$port" 30 curl -fsS "http://127.0.0.1:$port/metrics" -o /dev/null
+  echo "[{\"targets\": [\"127.0.0.1:$port\"], \"labels\": {\"service\": \"node-exporter\"}}]" \
+    >"$TIDEWATCH_PROMETHEUS_TARGETS/node-exporter.json"
+  log "node-exporter on 127.0.0.1:$port"
+}
+
+start_postgres_exporter() {
+  local port=${TW_PG_EXPORTER_PORT:-$(free_port)}
+  DATA_SOURCE_NAME="${DATABASE_URL}?sslmode=disable" prometheus-postgres-exporter \
+    --web.listen-address="127.0.0.1:$port" >"$TW_RUN/postgres-exporter.log" 2>&1 &
+  remember_pid $! postgres-exporter
+  wait_for "postgres-exporter on :$port" 30 bash -c "curl -fsS 'http://127.0.0.1:$port/metrics' | grep -q '^pg_up 1'"
+  echo "[{\"targets\": [\"127.0.0.1:$port\"], \"labels\": {\"service\": \"postgres-exporter\"}}]" \
+    >"$TIDEWATCH_PROMETHEUS_TARGETS/postgres-exporter.json"
+  log "postgres-exporter on 127.0.0.1:$port"
 }
 
 # Prometheus reads monitoring/prometheus/prometheus.yml with the scrape and evaluation

@@ -12,6 +12,7 @@
 //!   and the expressions of a rules file, so a test can prove every one is catalogued.
 
 pub mod dashboards;
+pub mod report;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -354,6 +355,19 @@ pub fn generate(spec: &Spec) -> String {
                 alert.to_lowercase()
             );
         }
+        // 0 met, 1 at risk (under a quarter of the budget left, or burning faster than
+        // sustainable over six hours), 2 violated (budget spent): the SLO dashboard's state
+        // and slo-report's.
+        record(
+            &mut out,
+            "slo:status:code",
+            &format!(
+                "(slo:error_budget_remaining:ratio{sel} < bool 0) \
+                 + clamp_max((slo:error_budget_remaining:ratio{sel} < bool 0.25) \
+                 + (slo:burn_rate:6h{sel} > bool 1), 1)"
+            ),
+            slo,
+        );
         // How long the SLI has been measured: a budget "remaining" over a 30-day window
         // that holds minutes of data says nothing, so the budget alerts wait for a day.
         record(

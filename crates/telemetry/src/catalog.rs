@@ -663,6 +663,15 @@ pub const GENERATOR_RATE: MetricDef = MetricDef {
     buckets: &[],
     group: Group::Generator,
 };
+pub const GENERATOR_PACING_WAIT: MetricDef = MetricDef {
+    name: "tidewatch_generator_pacing_wait_ratio",
+    kind: MetricKind::Gauge,
+    unit: Some("ratio"),
+    labels: &[],
+    help: "Share of the last second the generator spent waiting for its pace (rate or event time); near 0 while it publishes, it runs flat out and cannot keep its pace.",
+    buckets: &[],
+    group: Group::Generator,
+};
 pub const GENERATOR_PAUSED: MetricDef = MetricDef {
     name: "tidewatch_generator_paused",
     kind: MetricKind::Gauge,
@@ -753,6 +762,16 @@ pub const ANOMALIES: MetricDef = MetricDef {
     labels: &["type", "severity"],
     help: "Trades flagged as anomalous, by type (price_band, price_jump, outsized_size) and severity (warning, critical).",
     buckets: &[],
+    group: Group::Anomaly,
+};
+const ANOMALY_SCORE_BUCKETS: &[f64] = &[0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0];
+pub const ANOMALY_SCORE_RATIO: MetricDef = MetricDef {
+    name: "tidewatch_anomaly_score_ratio",
+    kind: MetricKind::Histogram,
+    unit: Some("ratio"),
+    labels: &["type"],
+    help: "Score of each flagged trade over its type's critical threshold (1 = critical: 5% off the recent price, 100 typical sizes; a price outside the band counts 1).",
+    buckets: ANOMALY_SCORE_BUCKETS,
     group: Group::Anomaly,
 };
 pub const ANOMALY_OUTCOMES: MetricDef = MetricDef {
@@ -1102,6 +1121,7 @@ pub const ALL: &[&MetricDef] = &[
     &GENERATOR_RECORDS,
     &GENERATOR_TARGET_RATE,
     &GENERATOR_RATE,
+    &GENERATOR_PACING_WAIT,
     &GENERATOR_PAUSED,
     &GENERATOR_EVENT_TIME,
     &MARKET_REGIME,
@@ -1111,6 +1131,7 @@ pub const ALL: &[&MetricDef] = &[
     &REFERENCE_LOOKUPS,
     &REFERENCE_LOOKUP_DURATION,
     &ANOMALIES,
+    &ANOMALY_SCORE_RATIO,
     &ANOMALY_OUTCOMES,
     &ANOMALY_SCORE,
     &BARS_CLOSED,

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use metrics::{Counter, Gauge};
+use metrics::{Counter, Gauge, Histogram};
 use tidewatch_schema::Anomaly;
 use tidewatch_telemetry::catalog;
 
@@ -37,6 +37,8 @@ struct Reference {
 pub struct Detector {
     recent: HashMap<String, Reference>,
     counters: HashMap<(&'static str, &'static str), Counter>,
+    /// Each flagged trade's score over its type's critical threshold.
+    scores: HashMap<&'static str, Histogram>,
 }
 
 impl std::fmt::Debug for Detector {
@@ -56,6 +58,10 @@ impl Default for Detector {
 impl Detector {
     pub fn new() -> Self {
         let mut counters = HashMap::new();
+        let scores = TYPES
+            .into_iter()
+            .map(|t| (t, catalog::ANOMALY_SCORE_RATIO.histogram(&[("type", t)])))
+            .collect();
         for t in TYPES {
             for s in SEVERITIES {
                 let c = catalog::ANOMALIES.counter(&[("type", t), ("severity", s)]);
@@ -66,15 +72,20 @@ impl Detector {
         Self {
             recent: HashMap::new(),
             counters,
+            scores,
         }
     }
 
     /// What is anomalous about this trade (nothing: empty).
     pub fn inspect(&mut self, instrument: &Instrument, price: f64, size: f64) -> Vec<Anomaly> {
         let mut found = Vec::new();
-        let mut flag = |kind: &'static str, severity: &'static str, score: f64| {
+        // `critical`: the score at which this kind turns critical.
+        let mut flag = |kind: &'static str, severity: &'static str, score: f64, critical: f64| {
             if let Some(c) = self.counters.get(&(kind, severity)) {
                 c.increment(1);
+            }
+            if let Some(h) = self.scores.get(kind) {
+                h.record(score / critical);
             }
             found.push(Anomaly {
                 kind: kind.to_owned(),
@@ -83,7 +94,8 @@ impl Detector {
             });
         };
         if price < instrument.price_band_low || price > instrument.price_band_high {
-            flag("price_band", "critical", price);
+            // Outside the band is critical however far: it counts as the threshold itself.
+            flag("price_band", "critical", price, price);
         }
         let reference = self.recent.entry(instrument.symbol.clone()).or_default();
         let mut jumped = false;
@@ -96,7 +108,7 @@ impl Detector {
                 } else {
                     "warning"
                 };
-                flag("price_jump", severity, deviation);
+                flag("price_jump", severity, deviation, JUMP_CRITICAL);
             }
         }
         // Flagged prints do not move the reference, or one jump would hide the next.
@@ -115,7 +127,7 @@ impl Detector {
             } else {
                 "warning"
             };
-            flag("outsized_size", severity, multiple);
+            flag("outsized_size", severity, multiple, SIZE_CRITICAL);
         }
         found
     }

@@ -144,6 +144,9 @@ pub struct Pacer {
     event_anchor: Option<i64>,
 }
 
+/// How far behind its pace the generator may fall before it stops trying to catch up.
+pub const MAX_BEHIND: Duration = Duration::from_secs(1);
+
 impl Pacer {
     pub fn new(rate: u64, scale: f64) -> Self {
         Self {
@@ -164,8 +167,21 @@ impl Pacer {
     }
 
     /// How long to wait before sending the next record, whose event time is `event_ms`
-    /// (`None` for records outside the event-time order, such as late trades).
+    /// (`None` for records outside the event-time order, such as late trades). A generator
+    /// more than [`MAX_BEHIND`] behind its pace (a stall, a slow broker, a slowdown fault)
+    /// starts pacing afresh: what it missed is not sent in a burst afterwards.
     pub fn delay(&mut self, event_ms: Option<i64>) -> Option<Duration> {
+        if self.due(event_ms) + MAX_BEHIND < Instant::now() {
+            self.rebase(self.rate);
+        }
+        let due = self.due(event_ms);
+        self.sent += 1;
+        let wait = due.saturating_duration_since(Instant::now());
+        (wait > Duration::from_millis(1)).then_some(wait)
+    }
+
+    /// When the next record is due.
+    fn due(&mut self, event_ms: Option<i64>) -> Instant {
         let mut due = self.anchor;
         if self.rate > 0 {
             due += Duration::from_secs_f64(self.sent as f64 / self.rate as f64);
@@ -175,15 +191,27 @@ impl Pacer {
             let ahead = (ev - start).max(0) as f64 / 1e3 / self.scale;
             due = due.max(self.anchor + Duration::from_secs_f64(ahead));
         }
-        self.sent += 1;
-        let wait = due.saturating_duration_since(Instant::now());
-        (wait > Duration::from_millis(1)).then_some(wait)
+        due
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_generator_far_behind_its_pace_does_not_burst_to_catch_up() {
+        let mut p = Pacer::new(1_000, 0.0);
+        // Five seconds behind: 5,000 records owed.
+        p.anchor = Instant::now() - Duration::from_secs(5);
+        let waits: Vec<_> = (0..100).map(|_| p.delay(Some(0))).collect();
+        // It paces afresh: the 100th record waits its 0.1 s, not none at all.
+        assert!(
+            waits[99].is_some_and(|w| w > Duration::from_millis(50)),
+            "{:?}",
+            waits[99]
+        );
+    }
 
     #[test]
     fn the_rate_spaces_records_and_event_time_can_hold_them_back() {

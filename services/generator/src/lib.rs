@@ -286,6 +286,7 @@ struct GeneratorMetrics {
     records: HashMap<Kind, Counter>,
     target_rate: Gauge,
     rate: Gauge,
+    pacing_wait: Gauge,
     paused: Gauge,
     event_time: Gauge,
     regimes: Vec<(&'static str, [Gauge; 3])>,
@@ -317,6 +318,7 @@ impl GeneratorMetrics {
             records,
             target_rate: catalog::GENERATOR_TARGET_RATE.gauge(&[]),
             rate: catalog::GENERATOR_RATE.gauge(&[]),
+            pacing_wait: catalog::GENERATOR_PACING_WAIT.gauge(&[]),
             paused: catalog::GENERATOR_PAUSED.gauge(&[]),
             event_time: catalog::GENERATOR_EVENT_TIME.gauge(&[]),
             regimes,
@@ -588,6 +590,8 @@ async fn publish(
     let mut deliveries = FuturesUnordered::new();
     let mut queued: u64 = 0;
     let (mut second_start, mut second_count) = (Instant::now(), 0u64);
+    // Time spent waiting for the pace in the current second.
+    let mut waited = Duration::ZERO;
     let mut acked: HashMap<&'static str, u64> = HashMap::new();
     let mut failed = 0u64;
     let mut last_event = None;
@@ -658,6 +662,7 @@ async fn publish(
         let g = stream.next_record();
         let on_time = g.kind != Kind::Late;
         if let Some(wait) = pacer.delay(on_time.then_some(g.event_time_ms)) {
+            waited += wait;
             let sleep = tokio::time::sleep(wait);
             tokio::pin!(sleep);
             loop {
@@ -673,11 +678,8 @@ async fn publish(
                 break;
             }
         }
-        if !faults.slowdown().is_zero() {
-            faults.slow_down().await;
-            // Records a slowdown held back are not sent in a burst afterwards.
-            pacer.rebase(rate);
-        }
+        // Every record costs this much more; the pacer never makes up for it in a burst.
+        faults.slow_down().await;
         let mut record = Record::new(topic, Some(g.symbol.into_bytes()), g.payload)
             .header(HEADER_SIM_KIND, g.kind.as_str());
         if let Some(a) = g.anomaly {
@@ -704,10 +706,12 @@ async fn publish(
                 tracing::error!(error = fatal, "the producer failed for good; stopping");
                 anyhow::bail!("the Kafka producer failed for good: {fatal}");
             }
+            let elapsed = second_start.elapsed().as_secs_f64();
+            metrics.rate.set(second_count as f64 / elapsed);
             metrics
-                .rate
-                .set(second_count as f64 / second_start.elapsed().as_secs_f64());
-            (second_start, second_count) = (Instant::now(), 0);
+                .pacing_wait
+                .set((waited.as_secs_f64() / elapsed).min(1.0));
+            (second_start, second_count, waited) = (Instant::now(), 0, Duration::ZERO);
             if let Some(ev) = last_event {
                 metrics.event_time.set(ev as f64 / 1e3);
             }
