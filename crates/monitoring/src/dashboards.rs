@@ -30,6 +30,10 @@ pub struct Panel {
     pub thresholds: Vec<(f64, &'static str)>,
     /// Value mappings: (value, text, colour), for states shown as words.
     pub mappings: Vec<(f64, &'static str, &'static str)>,
+    /// A table's columns (named by their query's legend) with a unit of their own, and the
+    /// one column the mappings apply to (None: every value).
+    pub column_units: Vec<(&'static str, &'static str)>,
+    pub mapped_column: Option<&'static str>,
     /// Data links: (title, URL) with Grafana's `${__field.labels.*}` variables.
     pub links: Vec<(&'static str, &'static str)>,
     /// Instant queries (the value now, or over the dashboard's range) instead of ranges.
@@ -81,6 +85,8 @@ fn panel(
         base: "green",
         thresholds: Vec::new(),
         mappings: Vec::new(),
+        column_units: Vec::new(),
+        mapped_column: None,
         links: Vec::new(),
         instant: false,
         description,
@@ -138,6 +144,18 @@ impl Panel {
 
     fn mapping(mut self, mappings: &[(f64, &'static str, &'static str)]) -> Self {
         self.mappings = mappings.to_vec();
+        self
+    }
+
+    /// In a table: `column` has `unit`.
+    fn column_unit(mut self, column: &'static str, unit: &'static str) -> Self {
+        self.column_units.push((column, unit));
+        self
+    }
+
+    /// In a table: the mappings apply to `column` only.
+    fn map_column(mut self, column: &'static str) -> Self {
+        self.mapped_column = Some(column);
         self
     }
 
@@ -232,7 +250,8 @@ fn overview() -> Dashboard {
                 )]).red_above(0.8),
                 panel("Shed and refused", "reqps", "Requests shed with 503 overloaded (RequestsShed), and refused with a 4xx (RefusedRequestsHigh), per second.", &[
                     ("sum by (service) (rate(tidewatch_http_requests_shed_total{SEL}[$__rate_interval]))", "{{service}} shed"),
-                    (r#"sum by (service) (rate(http_server_requests_total{SEL,http_route!~"/health/.*|/metrics",http_response_status_code=~"4.."}[$__rate_interval]))"#, "{{service}} refused (4xx)"),
+                    // Zero rather than nothing while no request is refused.
+                    (r#"sum by (service) (rate(http_server_requests_total{SEL,http_route!~"/health/.*|/metrics",http_response_status_code=~"4.."}[$__rate_interval])) or sum by (service) (rate(http_server_requests_total{SEL,http_route!~"/health/.*|/metrics"}[$__rate_interval])) * 0"#, "{{service}} refused (4xx)"),
                 ]),
             ]),
             row("Pipeline and load", vec![
@@ -273,7 +292,14 @@ fn slos() -> Dashboard {
                     ("slo:burn_rate:1d", "burn 1d"),
                     ("slo:burn_rate:3d", "burn 3d"),
                     ("slo:status:code", "state"),
-                ]).table().mapping(&[(0.0, "met", "green"), (1.0, "at risk", "orange"), (2.0, "violated", "red")]),
+                ])
+                .table()
+                .column_unit("burn 1h", "suffix:x")
+                .column_unit("burn 6h", "suffix:x")
+                .column_unit("burn 1d", "suffix:x")
+                .column_unit("burn 3d", "suffix:x")
+                .mapping(&[(0.0, "met", "green"), (1.0, "at risk", "orange"), (2.0, "violated", "red")])
+                .map_column("state"),
                 panel("Error budget remaining (30d)", "percentunit", "Share of the 30-day error budget left: red when spent, orange under 25% (SLOErrorBudgetLow).", &[
                     ("slo:error_budget_remaining:ratio", "{{slo}}"),
                 ]).gauge().red_below(0.0, 0.25),
@@ -767,6 +793,23 @@ fn render_panel(p: &Panel, id: usize, (x, y): (usize, usize)) -> Value {
         .iter()
         .map(|(title, url)| json!({"title": title, "url": url}))
         .collect();
+    // In a table, mappings for one column are an override; otherwise they are the default.
+    let mut overrides: Vec<Value> = p
+        .column_units
+        .iter()
+        .map(|(column, unit)| {
+            json!({"matcher": {"id": "byName", "options": column},
+                   "properties": [{"id": "unit", "value": unit}]})
+        })
+        .collect();
+    let default_mappings = match p.mapped_column {
+        Some(column) => {
+            overrides.push(json!({"matcher": {"id": "byName", "options": column},
+                "properties": [{"id": "mappings", "value": mappings}, {"id": "unit", "value": "none"}]}));
+            Vec::new()
+        }
+        None => mappings,
+    };
     let mut panel = json!({
         "id": id,
         "type": p.kind,
@@ -779,11 +822,11 @@ fn render_panel(p: &Panel, id: usize, (x, y): (usize, usize)) -> Value {
             "defaults": {
                 "unit": p.unit,
                 "thresholds": {"mode": "absolute", "steps": steps},
-                "mappings": mappings,
+                "mappings": default_mappings,
                 "links": links,
                 "color": {"mode": if matches!(p.kind, "stat" | "gauge" | "table") { "thresholds" } else { "palette-classic" }}
             },
-            "overrides": []
+            "overrides": overrides
         },
         "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": true}}
     });
@@ -815,11 +858,30 @@ fn render_panel(p: &Panel, id: usize, (x, y): (usize, usize)) -> Value {
             panel["options"]["reduceOptions"] = json!({"calcs": ["lastNotNull"]});
             panel["options"]["showThresholdMarkers"] = json!(true);
         }
-        // One row per series: instant queries merged on their labels, the time column hidden.
+        // One row per series: instant queries merged on their labels, each value column
+        // named by its query's legend, the time column hidden.
         "table" => {
+            let rename: serde_json::Map<String, Value> = p
+                .queries
+                .iter()
+                .enumerate()
+                // A legend of label templates names series, not a column.
+                .filter(|(_, (_, legend))| !legend.contains("{{"))
+                .map(|(j, (_, legend))| {
+                    let column = if p.queries.len() == 1 {
+                        "Value".to_owned()
+                    } else {
+                        format!("Value #{}", char::from(b'A' + j as u8))
+                    };
+                    (column, json!(legend))
+                })
+                .collect();
             panel["transformations"] = json!([
                 {"id": "merge", "options": {}},
-                {"id": "organize", "options": {"excludeByName": {"Time": true, "__name__": true, "job": true, "instance": true}}}
+                {"id": "organize", "options": {
+                    "excludeByName": {"Time": true, "__name__": true, "job": true, "instance": true},
+                    "renameByName": rename
+                }}
             ]);
             panel["fieldConfig"]["defaults"]["custom"] =
                 json!({"cellOptions": {"type": "color-text"}});
