@@ -196,6 +196,26 @@ async fn serves_from_cache_while_the_database_is_away_and_recovers() {
             .any(|l| l.starts_with("tidewatch_dlq_messages_total") && !l.ends_with(" 0")),
         "nothing was dead-lettered"
     );
+    // The cache as an operator sees it: the instruments loaded at start and the new symbol,
+    // looked up while the database was away, then fetched.
+    let stats: serde_json::Value = reqwest::get(enrich.url("/v1/cache/stats"))
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    assert!(stats["entries"].as_u64().is_some_and(|n| n >= 7), "{stats}");
+    assert!(stats["misses"].as_u64().is_some_and(|n| n >= 1), "{stats}");
+    assert!(
+        stats["hit_ratio"]
+            .as_f64()
+            .is_some_and(|r| (0.0..=1.0).contains(&r)),
+        "{stats}"
+    );
+    assert!(
+        stats["oldest_entry_age_seconds"].as_f64().is_some(),
+        "{stats}"
+    );
     let _ = tokio::process::Command::new("psql")
         .arg(&database)
         .arg("-qc")

@@ -8,7 +8,7 @@ pub mod anomaly;
 pub mod reference;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
@@ -26,7 +26,9 @@ use tidewatch_telemetry::{
 };
 
 use crate::anomaly::{Detector, Scorecard};
-use crate::reference::{Instrument, InstrumentCache, InstrumentSource, Lookup, PgInstruments};
+use crate::reference::{
+    CacheStats, Instrument, InstrumentCache, InstrumentSource, Lookup, PgInstruments,
+};
 
 /// Shutdown came while waiting for the database.
 #[derive(Debug)]
@@ -114,7 +116,24 @@ impl<S> std::fmt::Debug for Enrich<S> {
     }
 }
 
+/// `GET /v1/cache/stats`: the reference cache's size, capacity, hit ratio, evictions, stale
+/// serves and oldest entry age (published by the stage at most a second apart).
+pub fn api(stats: Arc<Mutex<CacheStats>>) -> axum::Router {
+    axum::Router::new().route(
+        "/v1/cache/stats",
+        axum::routing::get(move || {
+            let stats = stats.clone();
+            async move { axum::Json(stats.lock().unwrap_or_else(|e| e.into_inner()).clone()) }
+        }),
+    )
+}
+
 impl<S: InstrumentSource> Enrich<S> {
+    /// The cache statistics [`api`] serves.
+    pub fn cache_stats(&self) -> Arc<Mutex<CacheStats>> {
+        self.cache.stats()
+    }
+
     pub fn new(
         output_topic: String,
         source: S,

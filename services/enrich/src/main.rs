@@ -11,6 +11,7 @@ fn main() -> anyhow::Result<()> {
         "0.0.0.0:9102",
         |settings: Settings, telemetry, shutdown| async move {
             let processor = enrich::build(&settings, &telemetry, shutdown.clone()).await?;
+            let api = enrich::api(processor.cache_stats());
             StageService::build(
                 SERVICE,
                 settings.listen,
@@ -20,6 +21,7 @@ fn main() -> anyhow::Result<()> {
                 telemetry,
             )
             .await?
+            .with_api(api)
             .run(processor, shutdown)
             .await
         },

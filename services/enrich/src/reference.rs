@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram};
@@ -130,12 +130,42 @@ impl CacheMetrics {
     }
 }
 
+/// The cache as `GET /v1/cache/stats` shows it, published by the stage at most a second
+/// apart (the cache itself belongs to the stage loop, which takes no lock per lookup).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct CacheStats {
+    pub entries: usize,
+    pub capacity: usize,
+    pub ttl_seconds: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// Expired entries served because the database could not answer.
+    pub stale_serves: u64,
+    pub evictions: u64,
+    /// Hits over lookups since start (None before the first lookup).
+    pub hit_ratio: Option<f64>,
+    /// Age of the entry fetched longest ago (None while empty).
+    pub oldest_entry_age_seconds: Option<f64>,
+}
+
+/// Lookups since start, for [`CacheStats`].
+#[derive(Debug, Default)]
+struct Counts {
+    hits: u64,
+    misses: u64,
+    stale: u64,
+    evictions: u64,
+}
+
 pub struct InstrumentCache {
     entries: HashMap<String, Entry>,
     ttl: Duration,
     capacity: usize,
     clock: u64,
     metrics: CacheMetrics,
+    counts: Counts,
+    stats: Arc<Mutex<CacheStats>>,
+    published: Option<Instant>,
 }
 
 impl std::fmt::Debug for InstrumentCache {
@@ -156,7 +186,45 @@ impl InstrumentCache {
             capacity: capacity.max(1),
             clock: 0,
             metrics: CacheMetrics::new(),
+            counts: Counts::default(),
+            stats: Arc::default(),
+            published: None,
         }
+    }
+
+    /// The published statistics, for the HTTP API.
+    pub fn stats(&self) -> Arc<Mutex<CacheStats>> {
+        self.stats.clone()
+    }
+
+    /// Publishes the statistics if the last publication is a second old (or `now`).
+    fn publish(&mut self, now: bool) {
+        if !now
+            && self
+                .published
+                .is_some_and(|p| p.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.published = Some(Instant::now());
+        let c = &self.counts;
+        let lookups = c.hits + c.misses;
+        let snapshot = CacheStats {
+            entries: self.entries.len(),
+            capacity: self.capacity,
+            ttl_seconds: self.ttl.as_secs(),
+            hits: c.hits,
+            misses: c.misses,
+            stale_serves: c.stale,
+            evictions: c.evictions,
+            hit_ratio: (lookups > 0).then(|| c.hits as f64 / lookups as f64),
+            oldest_entry_age_seconds: self
+                .entries
+                .values()
+                .map(|e| e.fetched.elapsed().as_secs_f64())
+                .max_by(f64::total_cmp),
+        };
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
     }
 
     pub fn len(&self) -> usize {
@@ -173,20 +241,29 @@ impl InstrumentCache {
             let symbol = i.symbol.clone();
             self.insert(symbol, Some(Arc::new(i)));
         }
+        self.publish(true);
     }
 
     /// The instrument for `symbol`, from the cache if fresh, else from `source`.
     pub async fn get(&mut self, symbol: &str, source: &impl InstrumentSource) -> Lookup {
+        let lookup = self.lookup(symbol, source).await;
+        self.publish(false);
+        lookup
+    }
+
+    async fn lookup(&mut self, symbol: &str, source: &impl InstrumentSource) -> Lookup {
         self.clock += 1;
         let clock = self.clock;
         if let Some(entry) = self.entries.get_mut(symbol) {
             entry.used = clock;
             if entry.fetched.elapsed() < self.ttl {
                 self.metrics.hit.increment(1);
+                self.counts.hits += 1;
                 return found(entry.instrument.clone());
             }
         }
         self.metrics.miss.increment(1);
+        self.counts.misses += 1;
         let start = Instant::now();
         let fetched = source.fetch(symbol).await;
         self.metrics.duration.record(start.elapsed().as_secs_f64());
@@ -206,6 +283,7 @@ impl InstrumentCache {
                 match self.entries.get(symbol) {
                     Some(entry) => {
                         self.metrics.stale.increment(1);
+                        self.counts.stale += 1;
                         found(entry.instrument.clone())
                     }
                     None => Lookup::Unavailable(format!("{e:#}")),
@@ -226,6 +304,7 @@ impl InstrumentCache {
             {
                 self.entries.remove(&oldest);
                 self.metrics.evictions.increment(1);
+                self.counts.evictions += 1;
             }
         }
         self.entries.insert(
@@ -311,5 +390,16 @@ mod tests {
         // Back up: refreshed.
         source.down.store(false, Ordering::SeqCst);
         assert!(matches!(cache.get("C", &source).await, Lookup::Found(_)));
+
+        // What /v1/cache/stats shows, once published (at most a second apart).
+        cache.publish(true);
+        let stats = cache.stats().lock().expect("stats").clone();
+        assert_eq!(
+            (stats.entries, stats.capacity, stats.hits, stats.misses),
+            (2, 2, 2, 6)
+        );
+        assert_eq!((stats.stale_serves, stats.evictions), (1, 2));
+        assert_eq!(stats.hit_ratio, Some(0.25));
+        assert!(stats.oldest_entry_age_seconds.is_some_and(|a| a >= 0.06));
     }
 }
