@@ -231,6 +231,10 @@ fn overview() -> Dashboard {
                     r#"(sum by (service) (rate(http_server_requests_total{SEL,http_route=~"/v1/.*",http_response_status_code=~"5.."}[$__rate_interval])) or sum by (service) (rate(http_server_requests_total{SEL,http_route=~"/v1/.*"}[$__rate_interval])) * 0) / sum by (service) (rate(http_server_requests_total{SEL,http_route=~"/v1/.*"}[$__rate_interval]))"#,
                     "{{service}}",
                 )]).red_above(0.05),
+                panel("Server errors by kind", "reqps", "API answers with a 5xx per second, by the error code of their body: internal (a bug or an injected fault), overloaded (shed), database_unavailable (the read API without PostgreSQL).", &[(
+                    "sum by (service, error_type) (rate(tidewatch_http_server_errors_total{SEL}[$__rate_interval]))",
+                    "{{service}} {{error_type}}",
+                )]),
                 panel("Latency p50, p95, p99", "s", "Quantiles of API request duration over every service; HighLatency is a ticket above 500 ms (p99) and pages above 2 s.", &[
                     (r#"histogram_quantile(0.5, sum by (le) (rate(http_server_request_duration_seconds_bucket{SEL,http_route=~"/v1/.*"}[$__rate_interval])))"#, "p50"),
                     (r#"histogram_quantile(0.95, sum by (le) (rate(http_server_request_duration_seconds_bucket{SEL,http_route=~"/v1/.*"}[$__rate_interval])))"#, "p95"),

@@ -231,6 +231,15 @@ pub const HTTP_SERVER_RESPONSE_BODY_SIZE: MetricDef = MetricDef {
     group: Group::Http,
 };
 
+pub const HTTP_SERVER_ERRORS: MetricDef = MetricDef {
+    name: "tidewatch_http_server_errors_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["error_type"],
+    help: "API responses with a 5xx status, by the error code of their body (internal, overloaded, database_unavailable).",
+    buckets: &[],
+    group: Group::Http,
+};
 pub const HTTP_MAX_CONCURRENT_REQUESTS: MetricDef = MetricDef {
     name: "tidewatch_http_max_concurrent_requests",
     kind: MetricKind::Gauge,
@@ -1077,6 +1086,7 @@ pub const ALL: &[&MetricDef] = &[
     &HTTP_SERVER_ACTIVE_REQUESTS,
     &HTTP_SERVER_REQUEST_BODY_SIZE,
     &HTTP_SERVER_RESPONSE_BODY_SIZE,
+    &HTTP_SERVER_ERRORS,
     &HTTP_MAX_CONCURRENT_REQUESTS,
     &HTTP_REQUESTS_SHED,
     &PROCESS_CPU_SECONDS,

@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+use tidewatch_telemetry::catalog;
 
 /// `{"error": {...}}`, the body of every error response.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -72,14 +73,25 @@ impl ApiError {
     }
 }
 
+/// A 5xx answered, by the code of its body: HighErrorRate says how many, this says which.
+fn count_server_error(code: &'static str) {
+    catalog::HTTP_SERVER_ERRORS
+        .counter(&[("error_type", code)])
+        .increment(1);
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
             ApiError::Client { status, detail } => {
+                if status.is_server_error() {
+                    count_server_error(detail.code);
+                }
                 (status, Json(ErrorBody { error: detail })).into_response()
             }
             ApiError::Unexpected(e) => {
                 tracing::error!(error = format!("{e:#}"), "request failed unexpectedly");
+                count_server_error("internal");
                 let detail = ErrorDetail {
                     code: "internal",
                     message: "internal server error".into(),

@@ -919,6 +919,28 @@ async fn requests_beyond_the_limit_are_shed_with_503_and_probes_still_answer() {
         .await
         .expect("ready");
     assert_eq!(ready.status(), 200, "probes are not limited");
+    // Counted as shed, and as a server error of its kind (the recorder is shared by this
+    // process's tests, so at least one).
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value("tidewatch_http_requests_shed_total ") >= 1.0,
+        "{metrics}"
+    );
+    assert!(value(r#"tidewatch_http_server_errors_total{error_type="overloaded"}"#) >= 1.0);
     assert_eq!(
         slow.await.expect("slow task"),
         200,
