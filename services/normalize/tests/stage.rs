@@ -147,7 +147,7 @@ async fn both_venues_become_canonical_trades_and_bad_records_are_dead_lettered()
     );
     assert!(metrics.contains(r#"tidewatch_data_quality_issues_total{stage="normalize",field="price",issue="missing"} 1"#), "{metrics}");
     assert!(metrics.contains(
-        r#"tidewatch_dlq_messages_total{stage="normalize",error_code="unknown_venue"} 1"#
+        r#"tidewatch_dlq_messages_total{stage="normalize",error_code="unknown_venue",cause="input"} 1"#
     ));
     assert!(metrics.contains("tidewatch_data_quality_score{stage=\"normalize\"}"));
 }
