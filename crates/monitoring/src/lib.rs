@@ -192,6 +192,30 @@ fn labels(out: &mut String, indent: &str, pairs: &[(&str, &str)]) {
     }
 }
 
+/// One alerting rule; its runbook section is named after it.
+fn alert(
+    out: &mut String,
+    name: &str,
+    expr: &str,
+    for_: &str,
+    label_pairs: &[(&str, &str)],
+    summary: &str,
+    description: &str,
+) {
+    let _ = writeln!(out, "      - alert: {name}");
+    let _ = writeln!(out, "        expr: {}", quote(expr));
+    let _ = writeln!(out, "        for: {for_}");
+    labels(out, "        ", label_pairs);
+    let _ = writeln!(out, "        annotations:");
+    let _ = writeln!(out, "          summary: {}", quote(summary));
+    let _ = writeln!(out, "          description: {}", quote(description));
+    let _ = writeln!(
+        out,
+        "          runbook_url: {RUNBOOK}#{}",
+        name.to_lowercase()
+    );
+}
+
 fn record(out: &mut String, name: &str, expr: &str, slo: &Slo) {
     let _ = writeln!(out, "      - record: {name}");
     let _ = writeln!(out, "        expr: {}", quote(expr));
@@ -296,7 +320,7 @@ pub fn generate(spec: &Spec) -> String {
             }
             Sli::Time { .. } => String::new(),
         };
-        for (alert, burns, severity, for_, kind, speed) in [
+        for (alert_name, burns, severity, for_, kind, speed) in [
             (
                 "SLOErrorBudgetBurnFast",
                 &FAST,
@@ -314,16 +338,11 @@ pub fn generate(spec: &Spec) -> String {
                 "slowly",
             ),
         ] {
-            let _ = writeln!(out, "      - alert: {alert}");
-            let _ = writeln!(
-                out,
-                "        expr: {}",
-                quote(&format!("({}){guard}", burn_condition(slo, burns)))
-            );
-            let _ = writeln!(out, "        for: {for_}");
-            labels(
+            alert(
                 &mut out,
-                "        ",
+                alert_name,
+                &format!("({}){guard}", burn_condition(slo, burns)),
+                for_,
                 &[
                     ("severity", severity),
                     ("slo", &slo.name),
@@ -331,28 +350,14 @@ pub fn generate(spec: &Spec) -> String {
                     ("component", &slo.component),
                     ("notify", kind),
                 ],
-            );
-            let _ = writeln!(out, "        annotations:");
-            let _ = writeln!(
-                out,
-                "          summary: {}",
-                quote(&format!("{} is burning its error budget {speed}", slo.name))
-            );
-            let _ = writeln!(
-                out,
-                "          description: {}",
-                quote(&format!(
+                &format!("{} is burning its error budget {speed}", slo.name),
+                &format!(
                     "{} ({}; objective {}% over {}) burns its error budget at {{{{ $value | humanize }}}}x the sustainable rate.",
                     slo.name,
                     slo.description.trim_end_matches('.'),
                     slo.objective * 100.0,
                     spec.period
-                ))
-            );
-            let _ = writeln!(
-                out,
-                "          runbook_url: {RUNBOOK}#{}",
-                alert.to_lowercase()
+                ),
             );
         }
         // 0 met, 1 at risk (under a quarter of the budget left, or burning faster than
@@ -379,48 +384,27 @@ pub fn generate(spec: &Spec) -> String {
             ),
             slo,
         );
-        for (severity, floor) in [("warning", 0.25), ("critical", 0.10)] {
-            let _ = writeln!(out, "      - alert: SLOErrorBudgetLow");
-            let _ = writeln!(
-                out,
-                "        expr: {}",
-                quote(&format!(
+        for (severity, floor, notify) in [("warning", 0.25, "ticket"), ("critical", 0.10, "page")] {
+            alert(
+                &mut out,
+                "SLOErrorBudgetLow",
+                &format!(
                     "slo:error_budget_remaining:ratio{sel} < {floor} \
                      and on(slo) slo:measured_for:seconds{sel} > {BUDGET_MEASURED_FOR}"
-                ))
-            );
-            let _ = writeln!(out, "        for: 15m");
-            labels(
-                &mut out,
-                "        ",
+                ),
+                "15m",
                 &[
                     ("severity", severity),
                     ("slo", &slo.name),
                     ("service", &slo.service),
                     ("component", &slo.component),
-                    (
-                        "notify",
-                        if severity == "critical" {
-                            "page"
-                        } else {
-                            "ticket"
-                        },
-                    ),
+                    ("notify", notify),
                 ],
-            );
-            let _ = writeln!(out, "        annotations:");
-            let _ = writeln!(
-                out,
-                "          summary: {}",
-                quote(&format!(
+                &format!(
                     "{} has {{{{ $value | humanizePercentage }}}} of its error budget left",
                     slo.name
-                ))
-            );
-            let _ = writeln!(
-                out,
-                "          description: {}",
-                quote(&format!(
+                ),
+                &format!(
                     "{} ({}) has less than {}% of its {} error budget left ({{{{ $value | humanizePercentage }}}}): \
                      a little more of what spent it and the {}% objective is missed.",
                     slo.name,
@@ -428,42 +412,26 @@ pub fn generate(spec: &Spec) -> String {
                     floor * 100.0,
                     spec.period,
                     slo.objective * 100.0
-                ))
+                ),
             );
-            let _ = writeln!(out, "          runbook_url: {RUNBOOK}#sloerrorbudgetlow");
         }
-        let _ = writeln!(out, "      - alert: SLOMetricAbsent");
-        let _ = writeln!(
-            out,
-            "        expr: {}",
-            quote(&format!("absent({})", slo.absent))
-        );
-        let _ = writeln!(out, "        for: 10m");
-        labels(
+        alert(
             &mut out,
-            "        ",
+            "SLOMetricAbsent",
+            &format!("absent({})", slo.absent),
+            "10m",
             &[
                 ("severity", "warning"),
                 ("slo", &slo.name),
                 ("service", &slo.service),
                 ("component", &slo.component),
             ],
-        );
-        let _ = writeln!(out, "        annotations:");
-        let _ = writeln!(
-            out,
-            "          summary: {}",
-            quote(&format!("{} cannot be measured", slo.name))
-        );
-        let _ = writeln!(
-            out,
-            "          description: {}",
-            quote(&format!(
+            &format!("{} cannot be measured", slo.name),
+            &format!(
                 "No series match {} for 10 minutes: the SLI and its burn alerts are blind.",
                 slo.absent
-            ))
+            ),
         );
-        let _ = writeln!(out, "          runbook_url: {RUNBOOK}#slometricabsent");
     }
     out
 }
