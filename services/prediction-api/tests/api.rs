@@ -929,18 +929,17 @@ async fn requests_beyond_the_limit_are_shed_with_503_and_probes_still_answer() {
         .text()
         .await
         .expect("text");
-    let value = |series: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(series))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
-    };
     assert!(
-        value("tidewatch_http_requests_shed_total ") >= 1.0,
+        counter_sum(&metrics, "tidewatch_http_requests_shed_total", &[]) >= 1.0,
         "{metrics}"
     );
-    assert!(value(r#"tidewatch_http_server_errors_total{error_type="overloaded"}"#) >= 1.0);
+    assert!(
+        counter_sum(
+            &metrics,
+            "tidewatch_http_server_errors_total",
+            &[("error_type", "overloaded")]
+        ) >= 1.0
+    );
     assert_eq!(
         slow.await.expect("slow task"),
         200,
