@@ -116,7 +116,8 @@ impl Outcome {
 /// A stage's logic: it decides what each input becomes; the loop does the Kafka I/O.
 pub trait Processor: Send {
     /// Handles one message. May wait (enrich looks up reference data it has not cached),
-    /// which holds back the partition's later messages, never reorders them.
+    /// which holds back every later message of the stage (one is handled at a time),
+    /// never reorders them.
     fn process(&mut self, input: &Input<'_>) -> impl Future<Output = Outcome> + Send;
 
     /// The dead-letter codes this processor can return, so their series exist (at zero)

@@ -1,8 +1,8 @@
 //! `enrich`: canonical trades (`trades.normalized`) gain their instrument's reference data
 //! from PostgreSQL and anomaly flags (`trades.enriched`). Unknown symbols go to the
 //! dead-letter topic. If PostgreSQL goes away the stage serves from its cache and reports
-//! itself degraded; a symbol it has never seen waits (the partition pauses, nothing is
-//! lost) until the database answers again.
+//! itself degraded; a symbol it has never seen waits (and the stage with it, since it handles
+//! one message at a time; nothing is lost) until the database answers again.
 
 pub mod anomaly;
 pub mod reference;
