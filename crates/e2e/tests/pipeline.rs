@@ -155,6 +155,16 @@ async fn every_trade_is_in_a_bar_or_dead_lettered_once_across_stage_crashes() {
                 env!("CARGO_MANIFEST_DIR"),
                 "/../../models/volatility-spike.json"
             ),
+            "--reference-profile",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../models/volatility-spike.profile.json"
+            ),
+            // Statistics (and their gauges, checked below) within the test's 60 vectors.
+            "--feature-drift-window",
+            "40",
+            "--feature-drift-min-samples",
+            "40",
         ],
         &env,
     )

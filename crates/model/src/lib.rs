@@ -5,6 +5,9 @@
 //! - [`train`]: the reproducible trainer (simulated market, logistic regression, scores).
 //! - [`drift`]: DDM, Page-Hinkley and ADWIN as pure state machines; [`monitor`] runs them
 //!   together over a served model's errors and inputs, with their metrics.
+//! - [`profile`]: the training data binned per feature, and PSI, KS and Jensen-Shannon
+//!   distance between binned distributions; [`feature_drift`] compares a live window with
+//!   it, as gauges and as a report (JSON or HTML).
 //!
 //! [`Model`] serves both variants from one artifact: `ml`, the trained logistic regression,
 //! and `baseline`, a volatility-ratio rule kept for comparison and rollback. Inference does
@@ -12,8 +15,10 @@
 
 pub mod artifact;
 pub mod drift;
+pub mod feature_drift;
 pub mod features;
 pub mod monitor;
+pub mod profile;
 pub mod train;
 
 use serde::{Deserialize, Serialize};

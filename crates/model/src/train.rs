@@ -11,6 +11,7 @@ use crate::artifact::{
     SCHEMA_VERSION,
 };
 use crate::features::{realised_vol, Bar, FeatureBuilder, FEATURE_NAMES};
+use crate::profile::ReferenceProfile;
 use crate::{Features, Model, Variant};
 
 const TRANSFORMS: [Transform; 6] = [
@@ -58,7 +59,7 @@ impl TrainConfig {
     /// The command line that reproduces this configuration.
     pub fn command(&self) -> String {
         format!(
-            "cargo run --release -p tidewatch-model --bin train -- --seed {} --minutes {} --horizon {} --spike-threshold {} --model-version {} --out models/volatility-spike.json",
+            "cargo run --release -p tidewatch-model --bin train -- --seed {} --minutes {} --horizon {} --spike-threshold {} --model-version {} --out models/volatility-spike.json --profile-out models/volatility-spike.profile.json",
             self.seed, self.minutes, self.horizon, self.spike_threshold, self.version
         )
     }
@@ -301,6 +302,12 @@ fn fit_baseline(model_for: impl Fn(BaselineRule) -> Model, train: &[Example]) ->
 
 /// Trains both variants and returns the complete artifact.
 pub fn train(config: &TrainConfig) -> ModelArtifact {
+    train_with_profile(config).0
+}
+
+/// [`train`], and the reference profile of its training rows: every feature and the `ml`
+/// variant's probability, binned (what live data is compared with for drift).
+pub fn train_with_profile(config: &TrainConfig) -> (ModelArtifact, ReferenceProfile) {
     let (train_set, test_set) = dataset(config);
     let (scaler, weights, intercept, iterations) =
         fit(&train_set, config.l2, config.max_iterations);
@@ -389,7 +396,13 @@ pub fn train(config: &TrainConfig) -> ModelArtifact {
         ml: heldout(Variant::Ml),
         baseline: heldout(Variant::Baseline),
     };
-    artifact
+    let rows: Vec<[f64; 6]> = train_set.iter().map(|e| e.features.to_array()).collect();
+    let probabilities: Vec<f64> = train_set
+        .iter()
+        .map(|e| model.predict(Variant::Ml, &e.features).probability)
+        .collect();
+    let profile = ReferenceProfile::build(&artifact.version, &rows, &probabilities);
+    (artifact, profile)
 }
 
 /// Scores are reported to four decimals; more would be noise.

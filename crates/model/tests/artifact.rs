@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use tidewatch_model::train::{train, TrainConfig};
+use tidewatch_model::profile::ReferenceProfile;
+use tidewatch_model::train::{train_with_profile, TrainConfig};
 use tidewatch_model::{Features, LoadError, Model, ModelArtifact, Variant};
 
 fn committed() -> PathBuf {
@@ -20,7 +21,7 @@ fn the_committed_artifact_is_what_the_training_command_produces() {
         version: on_disk.version.clone(),
         ..TrainConfig::default()
     };
-    let retrained = train(&config);
+    let (retrained, profile) = train_with_profile(&config);
     // Scores and counts must match exactly; weights to float noise across libm versions.
     assert_eq!(retrained.heldout, on_disk.heldout);
     assert_eq!(retrained.training, on_disk.training);
@@ -33,6 +34,28 @@ fn the_committed_artifact_is_what_the_training_command_produces() {
         on_disk.heldout.ml.auc
     );
     assert!(on_disk.heldout.ml.f1 > on_disk.heldout.baseline.f1);
+
+    // The reference profile beside it is the same command's, to float noise.
+    let path = committed().with_file_name("volatility-spike.profile.json");
+    let text = std::fs::read_to_string(&path).expect("committed profile");
+    let committed_profile = ReferenceProfile::from_json(&text).expect("valid profile");
+    assert_eq!(committed_profile.model_version, on_disk.version);
+    assert_eq!(committed_profile.rows, on_disk.training.train_rows);
+    assert_eq!(committed_profile.columns.len(), profile.columns.len());
+    for (a, b) in committed_profile.columns.iter().zip(&profile.columns) {
+        assert_eq!(a.name, b.name);
+        for (x, y) in a.shares.iter().zip(&b.shares) {
+            assert!((x - y).abs() < 1e-4, "{}: share {x} vs {y}", a.name);
+        }
+        assert_eq!(a.cuts.len(), b.cuts.len(), "{}", a.name);
+        for (x, y) in a.cuts.iter().zip(&b.cuts) {
+            assert!(
+                (x - y).abs() <= 1e-9 * y.abs().max(1e-12),
+                "{}: {x} vs {y}",
+                a.name
+            );
+        }
+    }
 }
 
 #[test]

@@ -470,6 +470,22 @@ fn model() -> Dashboard {
                     "{{service}} {{detector}} {{statistic}}",
                 )]),
             ]),
+            row("Per-feature drift", vec![
+                panel("PSI per feature against the training data", "short", "Population stability index of the live window against the served model's training data, per input feature and the output probability; FeatureDrift fires at 0.25 for 10 minutes. GET /v1/drift/report?format=html on the prediction consumer draws both histograms.", &[(
+                    r#"max by (feature) (tidewatch_feature_drift{SEL,statistic="psi"})"#,
+                    "{{feature}}",
+                )]).red_above(0.25),
+                panel("Drifted features", "none", "Per feature: drifted (PSI at or above 0.25) or not, with KS and JS distance.", &[
+                    ("max by (feature) (tidewatch_feature_drifted{SEL})", "drifted {{feature}}"),
+                ]).table().mapping(&[(0.0, "stable", "green"), (1.0, "drifted", "red")]),
+                panel("KS and JS distance per feature", "short", "Binned Kolmogorov-Smirnov statistic and Jensen-Shannon distance (both 0 to 1) of the live window against the training data.", &[(
+                    r#"max by (feature, statistic) (tidewatch_feature_drift{SEL,statistic=~"ks|js"})"#,
+                    "{{feature}} {{statistic}}",
+                )]),
+                panel("Drift window", "short", "Feature vectors in the live window; statistics start once it is full.", &[
+                    ("sum(tidewatch_feature_drift_window_vectors{SEL})", "vectors"),
+                ]).stat(),
+            ]),
             row("Online learning and serving", vec![
                 panel("Online model updates", "ops", "Online-learning updates per second; OnlineLearningStalled fires when none happen while features arrive.", &[
                     ("sum(rate(tidewatch_online_model_updates_total{SEL}[$__rate_interval]))", "updates"),

@@ -961,6 +961,33 @@ pub const ONLINE_LAST_UPDATE: MetricDef = MetricDef {
     buckets: &[],
     group: Group::Outcomes,
 };
+pub const FEATURE_DRIFT: MetricDef = MetricDef {
+    name: "tidewatch_feature_drift",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["feature", "statistic"],
+    help: "Distance between the live window and the served model's training data, per feature (the six model inputs and probability, the served output) and statistic (psi: population stability index, drifted at 0.25; ks: binned Kolmogorov-Smirnov; js: Jensen-Shannon distance). Set once the window holds its minimum.",
+    buckets: &[],
+    group: Group::Outcomes,
+};
+pub const FEATURE_DRIFTED: MetricDef = MetricDef {
+    name: "tidewatch_feature_drifted",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["feature"],
+    help: "1 while the feature's PSI against the training data is at or above 0.25, else 0.",
+    buckets: &[],
+    group: Group::Outcomes,
+};
+pub const FEATURE_DRIFT_WINDOW: MetricDef = MetricDef {
+    name: "tidewatch_feature_drift_window_vectors",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &[],
+    help: "Live feature vectors in the per-feature drift window.",
+    buckets: &[],
+    group: Group::Outcomes,
+};
 
 // --- PostgreSQL as a sink (project) ---
 
@@ -1161,6 +1188,9 @@ pub const ALL: &[&MetricDef] = &[
     &DRIFT_STATISTIC,
     &ONLINE_UPDATES,
     &ONLINE_LAST_UPDATE,
+    &FEATURE_DRIFT,
+    &FEATURE_DRIFTED,
+    &FEATURE_DRIFT_WINDOW,
     &DB_POOL_CONNECTIONS,
     &DB_POOL_MAX_CONNECTIONS,
     &DB_QUERY_DURATION,

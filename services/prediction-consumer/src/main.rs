@@ -1,4 +1,5 @@
-//! Binary entry point: load the model, run the stage until SIGTERM.
+//! Binary entry point: load the model and its reference profile, run the stage until
+//! SIGTERM.
 
 use anyhow::Context as _;
 use prediction_consumer::{PredictionConsumer, Settings, SERVICE};
@@ -13,7 +14,13 @@ fn main() -> anyhow::Result<()> {
         |settings: Settings, telemetry, shutdown| async move {
             let model = Model::load(&settings.model_path)
                 .context("the model artifact could not be loaded; the service cannot start")?;
-            let processor = PredictionConsumer::new(&settings, model)?;
+            let profile =
+                prediction_consumer::load_profile(&settings.reference_profile_path, &model)
+                    .context(
+                        "the reference profile could not be loaded; the service cannot start",
+                    )?;
+            let processor = PredictionConsumer::new(&settings, model, profile)?;
+            let api = prediction_consumer::api(processor.drift_tracker());
             StageService::build(
                 SERVICE,
                 settings.listen,
@@ -23,6 +30,7 @@ fn main() -> anyhow::Result<()> {
                 telemetry,
             )
             .await?
+            .with_api(api)
             .run(processor, shutdown)
             .await
         },

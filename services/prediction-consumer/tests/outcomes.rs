@@ -1,6 +1,7 @@
 //! The consumer's judgement of its predictions, in process on simulated features: the rolling
 //! scores equal a recomputation from the predictions it published and the outcomes the
-//! later bars show; a regime switch in the market makes DDM reach drift within a bound.
+//! later bars show; a regime switch in the market makes DDM reach drift within a bound, and
+//! per-feature drift flag volatility, trading and the output while it stays quiet before.
 
 use std::collections::HashMap;
 
@@ -10,10 +11,24 @@ use tidewatch_kafka::stage::{Input, Outcome, Processor};
 use tidewatch_market_sim::{Market, MarketConfig, Regime};
 use tidewatch_model::drift::Level;
 use tidewatch_model::features::{Bar, FeatureBuilder};
+use tidewatch_model::profile::ReferenceProfile;
 use tidewatch_model::Model;
 use tidewatch_schema::{FeatureRecord, OutcomeRecord, PredictionRecord};
 
 const MINUTE: i64 = 60_000;
+
+fn profile() -> ReferenceProfile {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/volatility-spike.profile.json"
+    );
+    prediction_consumer::load_profile(path.as_ref(), &model()).expect("profile")
+}
+
+fn consumer() -> PredictionConsumer {
+    let settings = Settings::try_parse_from(["prediction-consumer"]).expect("settings");
+    PredictionConsumer::new(&settings, model(), profile()).expect("consumer")
+}
 
 fn model() -> Model {
     Model::load(
@@ -88,9 +103,8 @@ async fn feed(
 
 #[tokio::test]
 async fn rolling_scores_equal_a_recomputation_from_predictions_and_outcomes() {
-    let settings = Settings::try_parse_from(["prediction-consumer"]).expect("settings");
     let threshold = model().artifact().training.spike_threshold;
-    let mut consumer = PredictionConsumer::new(&settings, model()).expect("consumer");
+    let mut consumer = consumer();
     let mut market = Market::new(&MarketConfig::new(21));
     let mut builders = HashMap::new();
     let mut published: HashMap<(String, i64), bool> = HashMap::new();
@@ -147,8 +161,7 @@ async fn rolling_scores_equal_a_recomputation_from_predictions_and_outcomes() {
 
 #[tokio::test]
 async fn a_switch_to_a_turbulent_market_makes_ddm_reach_drift() {
-    let settings = Settings::try_parse_from(["prediction-consumer"]).expect("settings");
-    let mut consumer = PredictionConsumer::new(&settings, model()).expect("consumer");
+    let mut consumer = consumer();
     let mut market = Market::new(&MarketConfig::new(33));
     let mut builders = HashMap::new();
     let mut outcomes_before = 0;
@@ -184,4 +197,116 @@ async fn a_switch_to_a_turbulent_market_makes_ddm_reach_drift() {
         at <= 300,
         "drift within 300 predictions of the switch (50 minutes of 6 symbols): {at}"
     );
+}
+
+#[tokio::test]
+async fn per_feature_drift_stays_quiet_in_the_trained_market_and_flags_a_turbulent_one() {
+    let mut consumer = consumer();
+    let mut market = Market::new(&MarketConfig::new(7));
+    let mut builders = HashMap::new();
+    // The market as the generator runs it (regimes switching by themselves, as in the
+    // training data): nothing drifts, the window full.
+    for _ in 0..600 {
+        for f in minute(&mut market, &mut builders) {
+            feed(&mut consumer, &f).await;
+        }
+    }
+    let natural = consumer.feature_drift();
+    eprintln!("natural: {}", natural.summary);
+    assert_eq!(natural.window.size, natural.window.capacity);
+    assert_eq!(natural.drifted_columns, 0, "{}", natural.summary);
+    // Turbulent from now on: volatility, trading and the model's output move.
+    let (mut fed, mut first_drift) = (0, None);
+    for _ in 0..300 {
+        market.force_regime(Regime::Turbulent);
+        for f in minute(&mut market, &mut builders) {
+            feed(&mut consumer, &f).await;
+            fed += 1;
+            if first_drift.is_none() && consumer.feature_drift().drifted_columns > 0 {
+                first_drift = Some(fed);
+            }
+        }
+    }
+    let turbulent = consumer.feature_drift();
+    eprintln!(
+        "turbulent: first column drifted {first_drift:?} vectors after the switch; {}",
+        turbulent.summary
+    );
+    let drifted: Vec<&str> = turbulent
+        .columns
+        .iter()
+        .filter(|c| c.drifted)
+        .map(|c| c.name.as_str())
+        .collect();
+    for name in ["vol_5m", "vol_15m", "trade_rate", "probability"] {
+        assert!(
+            drifted.contains(&name),
+            "{name} drifted: {}",
+            turbulent.summary
+        );
+    }
+    assert!(first_drift.is_some_and(|n| n < 1_000), "{first_drift:?}");
+}
+
+#[tokio::test]
+async fn the_report_endpoint_answers_json_html_and_errors_naming_the_field() {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let consumer = consumer();
+    let app = prediction_consumer::api(consumer.drift_tracker());
+    let get = |uri: &str, accept: Option<&str>| {
+        let mut request = axum::http::Request::get(uri);
+        if let Some(a) = accept {
+            request = request.header("accept", a);
+        }
+        let request = request.body(axum::body::Body::empty()).expect("request");
+        let app = app.clone();
+        async move {
+            let res = app.oneshot(request).await.expect("infallible");
+            let status = res.status().as_u16();
+            let kind = res
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().expect("ascii").to_owned())
+                .unwrap_or_default();
+            let body = res.into_body().collect().await.expect("body").to_bytes();
+            (
+                status,
+                kind,
+                String::from_utf8(body.to_vec()).expect("utf-8"),
+            )
+        }
+    };
+    let (status, kind, body) = get("/v1/drift/report", None).await;
+    assert_eq!((status, kind.as_str()), (200, "application/json"));
+    let report: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(report["window"]["size"], 0);
+    assert!(report["summary"]
+        .as_str()
+        .expect("summary")
+        .starts_with("No live feature vector yet"));
+    for (uri, accept) in [
+        ("/v1/drift/report?format=html", None),
+        (
+            "/v1/drift/report",
+            Some("text/html,application/xhtml+xml;q=0.9"),
+        ),
+    ] {
+        let (status, kind, body) = get(uri, accept).await;
+        assert_eq!(status, 200);
+        assert!(kind.starts_with("text/html"), "{kind}");
+        assert!(body.contains("<h2>vol_5m</h2>") && body.contains("not enough data"));
+    }
+    for (uri, want, field) in [
+        ("/v1/drift/report?format=pdf", 422, "format"),
+        ("/v1/drift/report?colour=red", 400, "query"),
+    ] {
+        let (status, _, body) = get(uri, None).await;
+        let body: serde_json::Value = serde_json::from_str(&body).expect("json error");
+        assert_eq!(
+            (status, &body["error"]["field"]),
+            (want, &serde_json::json!(field)),
+            "{uri}: {body}"
+        );
+    }
 }

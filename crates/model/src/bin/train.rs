@@ -1,10 +1,11 @@
-//! Trains the volatility-spike model on the seeded simulator and writes the artifact.
+//! Trains the volatility-spike model on the seeded simulator and writes the artifact and
+//! the reference profile of its training data.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use tidewatch_model::train::{train, TrainConfig};
+use tidewatch_model::train::{train_with_profile, TrainConfig};
 
 #[derive(Debug, Parser)]
 #[command(about = "Train the volatility-spike model reproducibly from the seeded market simulator")]
@@ -25,6 +26,9 @@ struct Args {
     /// Where to write the artifact.
     #[arg(long, default_value = "models/volatility-spike.json")]
     out: PathBuf,
+    /// Where to write the reference profile of the training data (for drift).
+    #[arg(long, default_value = "models/volatility-spike.profile.json")]
+    profile_out: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,9 +41,11 @@ fn main() -> anyhow::Result<()> {
         version: args.model_version,
         ..TrainConfig::default()
     };
-    let artifact = train(&config);
+    let (artifact, profile) = train_with_profile(&config);
     std::fs::write(&args.out, artifact.to_json())
         .with_context(|| format!("writing {}", args.out.display()))?;
+    std::fs::write(&args.profile_out, profile.to_json())
+        .with_context(|| format!("writing {}", args.profile_out.display()))?;
     eprintln!(
         "wrote {}: held-out ml {:?}, baseline {:?}",
         args.out.display(),
