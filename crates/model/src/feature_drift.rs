@@ -373,8 +373,9 @@ impl DriftReport {
     pub fn html(&self) -> String {
         let mut page = String::from(
             "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Tidewatch drift report</title><style>\
-             body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}\
-             section{border:1px solid #ddd;border-radius:6px;padding:1em;margin:1em 0}\
+             body{font-family:system-ui,sans-serif;margin:2em;max-width:100em;color:#222}\
+             main{display:grid;grid-template-columns:repeat(auto-fill,minmax(30em,1fr));gap:1em}\
+             section{border:1px solid #ddd;border-radius:6px;padding:1em}\
              .drifted{border-color:#d62728;background:#fff5f5}.verdict{font-weight:bold}\
              .drifted .verdict{color:#d62728}.stable .verdict{color:#2ca02c}\
              table{border-collapse:collapse}td,th{padding:.2em .8em;text-align:right}\
@@ -385,7 +386,7 @@ impl DriftReport {
             page,
             "<h1>Drift report: model {}</h1><p class=\"summary\">{}</p>\
              <p>Window: {} of {} vectors (statistics from {}); reference: {} training rows. \
-             A column is drifted at PSI &#8805; {}; the data set when {} of {} columns are.</p>\
+             A column is drifted at PSI &#8805; {}; the data set when at least {} of {} columns are.</p>\
              <p class=\"legend\"><span style=\"background:#9e9e9e\"></span>reference (training)<span style=\"background:#1f77b4\"></span>current (live window)</p>",
             escape(&self.model_version),
             escape(&self.summary),
@@ -394,9 +395,10 @@ impl DriftReport {
             self.window.min_samples,
             self.reference_rows,
             self.psi_threshold,
-            self.drifted_columns,
+            (DATASET_DRIFT_SHARE * self.columns.len() as f64).ceil(),
             self.columns.len(),
         );
+        page.push_str("<main>");
         for c in &self.columns {
             let (class, verdict) = match (c.statistics, c.drifted) {
                 (None, _) => ("pending", "not enough data"),
@@ -423,7 +425,7 @@ impl DriftReport {
                 svg = histogram_svg(c),
             );
         }
-        page.push_str("</body></html>\n");
+        page.push_str("</main></body></html>\n");
         page
     }
 }
