@@ -1,6 +1,9 @@
 //! PostgreSQL for every Tidewatch service: one set of migrations (all services share one
 //! database, and sqlx tracks applied migrations per database), connection settings, and a
-//! pool that starts even while the database is still coming up.
+//! pool that starts even while the database is still coming up. [`registry`]: the model
+//! registry (versions, champion and challenger aliases, their audit trail).
+
+pub mod registry;
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 //! judgements: confusion matrices and rolling scores per variant, drift detectors over the
 //! error stream and an input feature, and an online model that learns from every outcome.
 //! Every feature vector and the published probability also go into a sliding window
-//! compared with the model's reference profile per feature ([`drift_report`] serves it).
+//! compared with the model's reference profile per feature ([`api`] serves the report).
 
 pub mod online;
 pub mod scores;
