@@ -475,7 +475,7 @@ fn model() -> Dashboard {
                     r#"max by (feature) (tidewatch_feature_drift{SEL,statistic="psi"})"#,
                     "{{feature}}",
                 )]).red_above(0.25),
-                panel("Drifted features", "none", "Per feature: drifted (PSI at or above 0.25) or not, with KS and JS distance.", &[
+                panel("Drifted features", "none", "Per feature: drifted (PSI at or above 0.25) or not.", &[
                     ("max by (feature) (tidewatch_feature_drifted{SEL})", "drifted {{feature}}"),
                 ]).table().mapping(&[(0.0, "stable", "green"), (1.0, "drifted", "red")]),
                 panel("KS and JS distance per feature", "short", "Binned Kolmogorov-Smirnov statistic and Jensen-Shannon distance (both 0 to 1) of the live window against the training data.", &[(
