@@ -169,6 +169,14 @@ def first_day():
     check(status == 200 and 0.0 <= body.get("probability", -1) <= 1.0,
           f"POST /v1/predict answers 200 with a probability ({status}: {body})")
 
+    # The per-feature drift report, as a user opens it from the host (statistics come once
+    # the window is full, minutes later; the report says so meanwhile).
+    status, body = http("GET", port("CONSUMER"), "/v1/drift/report")
+    check(status == 200 and (body or {}).get("window", {}).get("size", 0) > 0
+          and len(body.get("columns", [])) == 7 and body.get("summary"),
+          f"GET /v1/drift/report on the published consumer port answers with a filling window "
+          f"({status}: {(body or {}).get('summary')})")
+
     # The load driver keeps the prediction API busy, so its dashboards and SLOs have data.
     def api_traffic():
         served = prom_value('sum(increase(http_server_requests_total{service="prediction-api",'
