@@ -18,6 +18,9 @@ use tidewatch_telemetry::catalog;
 use crate::profile::{shares, Distances, ReferenceProfile, PSI_DRIFT};
 use crate::Features;
 
+/// The six features and the probability (a validated profile has exactly these).
+const COLUMNS: usize = crate::FEATURE_NAMES.len() + 1;
+
 /// Share of drifted columns at which the whole data set counts as drifted (Evidently's
 /// default).
 pub const DATASET_DRIFT_SHARE: f64 = 0.5;
@@ -36,7 +39,7 @@ pub struct FeatureDriftTracker {
     capacity: usize,
     min_samples: usize,
     /// Bar start and the bin of every column, oldest first.
-    window: VecDeque<(i64, Vec<usize>)>,
+    window: VecDeque<(i64, [u8; COLUMNS])>,
     columns: Vec<ColumnState>,
     window_gauge: Option<Gauge>,
 }
@@ -129,28 +132,25 @@ impl FeatureDriftTracker {
         }
     }
 
-    pub fn profile(&self) -> &ReferenceProfile {
-        &self.profile
-    }
-
     /// One live vector and the probability the served model gave it.
     pub fn push(&mut self, bar_start_ms: i64, features: &Features, probability: f64) {
         let values = features.to_array().into_iter().chain([probability]);
-        let bins: Vec<usize> = self
-            .profile
-            .columns
-            .iter()
-            .zip(values)
-            .map(|(c, v)| c.bin(v))
-            .collect();
-        for (state, b) in self.columns.iter_mut().zip(&bins) {
-            state.counts[*b] += 1;
+        let mut bins = [0u8; COLUMNS];
+        for ((bin, column), (state, v)) in bins
+            .iter_mut()
+            .zip(&self.profile.columns)
+            .zip(self.columns.iter_mut().zip(values))
+        {
+            let b = column.bin(v);
+            state.counts[b] += 1;
+            // At most BINS (10) bins: fits.
+            *bin = b as u8;
         }
         self.window.push_back((bar_start_ms, bins));
         if self.window.len() > self.capacity {
             if let Some((_, old)) = self.window.pop_front() {
                 for (state, b) in self.columns.iter_mut().zip(old) {
-                    state.counts[b] -= 1;
+                    state.counts[usize::from(b)] -= 1;
                 }
             }
         }

@@ -154,6 +154,14 @@ impl ReferenceProfile {
             return Err(format!("columns {names:?} are not {want:?}"));
         }
         for c in &self.columns {
+            if c.cuts.len() >= BINS {
+                return Err(format!(
+                    "{}: {} cuts, at most {}",
+                    c.name,
+                    c.cuts.len(),
+                    BINS - 1
+                ));
+            }
             if c.shares.len() != c.cuts.len() + 1 {
                 return Err(format!(
                     "{}: {} shares for {} cuts",
