@@ -17,7 +17,7 @@
 //! from the start leaves every table exactly as it was. Finally every stage is sent SIGTERM
 //! and must drain, commit and exit 0.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use tidewatch_e2e::{env_var, PrivatePostgres, Proxy, Service};
@@ -399,10 +399,20 @@ async fn every_trade_is_in_a_bar_or_dead_lettered_once_across_stage_crashes() {
     }
     let got_keys: HashSet<_> = by_key.keys().cloned().collect();
     let want_keys: HashSet<_> = closed.keys().cloned().collect();
-    assert_eq!(
-        got_keys, want_keys,
-        "exactly the closed windows became bars"
-    );
+    if got_keys != want_keys {
+        // Which windows, and what aggregate last said: the test has failed this way, rarely
+        // (bars of the last minutes missing), and the cause is not known yet.
+        let missing: BTreeSet<_> = want_keys.difference(&got_keys).collect();
+        let extra: BTreeSet<_> = got_keys.difference(&want_keys).collect();
+        panic!(
+            "exactly the closed windows became bars: {} missing {missing:?}, {} extra {extra:?}\n\
+             aggregate log:\n{}\nenrich log:\n{}",
+            missing.len(),
+            extra.len(),
+            aggregate.log_tail(),
+            enrich.log_tail()
+        );
+    }
     let mut trades_in_bars = 0;
     for (key, w) in &closed {
         let want = w.bar.expect("window has trades");
