@@ -99,18 +99,19 @@ async fn serves_from_cache_while_the_database_is_away_and_recovers() {
         producer.send(&Record::new(&input, Some(key.as_bytes().to_vec()), payload))
     };
 
+    // What enrich wrote so far: `n` records, or fewer after `secs` seconds.
+    let read_out = |n: usize, secs: u64| {
+        let (brokers, output) = (brokers.clone(), output.clone());
+        async move {
+            read_topic_async(brokers, output, n, Duration::from_secs(secs), |_| true)
+                .await
+                .expect("read")
+        }
+    };
     send(trade("BTC-USD", 1, 65_000.0), "BTC-USD")
         .await
         .expect("sent");
-    let first = read_topic_async(
-        brokers.clone(),
-        output.clone(),
-        1,
-        Duration::from_secs(60),
-        |_| true,
-    )
-    .await
-    .expect("read");
+    let first = read_out(1, 60).await;
     assert_eq!(first.len(), 1, "enriched while the database is up");
 
     proxy.cut();
@@ -126,15 +127,7 @@ async fn serves_from_cache_while_the_database_is_away_and_recovers() {
         .expect("sent");
     // The stale entry is served once the lookup has failed (up to the pool's acquire
     // timeout).
-    let stale = read_topic_async(
-        brokers.clone(),
-        output.clone(),
-        2,
-        Duration::from_secs(60),
-        |_| true,
-    )
-    .await
-    .expect("read");
+    let stale = read_out(2, 60).await;
     let symbols = |messages: &[tidewatch_kafka::inspect::ReadMessage]| -> Vec<String> {
         messages
             .iter()
@@ -172,15 +165,7 @@ async fn serves_from_cache_while_the_database_is_away_and_recovers() {
     assert!(direct.success());
     send(trade(&symbol, 3, 10.0), &symbol).await.expect("sent");
     // It waits for the database: ten seconds on, still two records out.
-    let during = read_topic_async(
-        brokers.clone(),
-        output.clone(),
-        3,
-        Duration::from_secs(10),
-        |_| true,
-    )
-    .await
-    .expect("read");
+    let during = read_out(3, 10).await;
     assert_eq!(
         symbols(&during),
         ["BTC-USD", "BTC-USD"],
@@ -188,15 +173,7 @@ async fn serves_from_cache_while_the_database_is_away_and_recovers() {
     );
 
     proxy.restore();
-    let after = read_topic_async(
-        brokers.clone(),
-        output.clone(),
-        3,
-        Duration::from_secs(60),
-        |_| true,
-    )
-    .await
-    .expect("read");
+    let after = read_out(3, 60).await;
     assert_eq!(
         after.len(),
         3,
