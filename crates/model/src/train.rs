@@ -99,33 +99,78 @@ pub fn dataset(config: &TrainConfig) -> (Vec<Example>, Vec<Example>) {
             }
         }
     }
-    let horizon = config.horizon as usize;
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for series in &bars {
-        let mut builder = FeatureBuilder::new();
         let cut = (series.len() as f64 * (1.0 - config.test_fraction)) as usize;
-        for t in 0..series.len() {
-            let Some(features) = builder.push(&series[t]) else {
-                continue;
-            };
-            if t + horizon >= series.len() {
-                break;
-            }
-            let future: Vec<f64> = (t + 1..=t + horizon)
-                .map(|k| (series[k].close / series[k - 1].close).ln())
-                .collect();
-            let example = Example {
-                features,
-                spike: realised_vol(&future) > config.spike_threshold,
-            };
-            if t + horizon < cut {
-                train.push(example);
-            } else if t >= cut {
-                test.push(example);
-            }
-        }
+        let cut_ms = series.get(cut).map_or(i64::MAX, |b| b.start_ms);
+        let labels = Labels {
+            horizon: config.horizon as usize,
+            spike_threshold: config.spike_threshold,
+            interval_ms: None,
+        };
+        labels.split(series, cut_ms, &mut train, &mut test);
     }
     (train, test)
+}
+
+/// How examples are labelled from a symbol's bars.
+#[derive(Debug, Clone, Copy)]
+struct Labels {
+    horizon: usize,
+    spike_threshold: f64,
+    /// Bars this far apart are consecutive; a larger step is a gap, which restarts the
+    /// rolling features (they assume consecutive minutes) and no label spans it. None:
+    /// every bar follows the one before (the simulator's series).
+    interval_ms: Option<i64>,
+}
+
+impl Labels {
+    /// Labels every bar whose features and horizon lie within one run of consecutive bars,
+    /// into `train` when its horizon ends before `cut_ms` and into `test` when it starts at
+    /// or after it (so no training label overlaps a test feature window).
+    fn split(
+        &self,
+        series: &[Bar],
+        cut_ms: i64,
+        train: &mut Vec<Example>,
+        test: &mut Vec<Example>,
+    ) {
+        let mut start = 0;
+        while start < series.len() {
+            let mut end = start + 1;
+            if let Some(step) = self.interval_ms {
+                while end < series.len() && series[end].start_ms == series[end - 1].start_ms + step
+                {
+                    end += 1;
+                }
+            } else {
+                end = series.len();
+            }
+            let run = &series[start..end];
+            let mut builder = FeatureBuilder::new();
+            for t in 0..run.len() {
+                let Some(features) = builder.push(&run[t]) else {
+                    continue;
+                };
+                if t + self.horizon >= run.len() {
+                    break;
+                }
+                let future: Vec<f64> = (t + 1..=t + self.horizon)
+                    .map(|k| (run[k].close / run[k - 1].close).ln())
+                    .collect();
+                let example = Example {
+                    features,
+                    spike: realised_vol(&future) > self.spike_threshold,
+                };
+                if run[t + self.horizon].start_ms < cut_ms {
+                    train.push(example);
+                } else if run[t].start_ms >= cut_ms {
+                    test.push(example);
+                }
+            }
+            start = end;
+        }
+    }
 }
 
 fn design_row(f: &Features) -> [f64; 6] {
@@ -309,100 +354,227 @@ pub fn train(config: &TrainConfig) -> ModelArtifact {
 /// variant's probability, binned (what live data is compared with for drift).
 pub fn train_with_profile(config: &TrainConfig) -> (ModelArtifact, ReferenceProfile) {
     let (train_set, test_set) = dataset(config);
-    let (scaler, weights, intercept, iterations) =
-        fit(&train_set, config.l2, config.max_iterations);
-    let positive_rate =
-        |set: &[Example]| set.iter().filter(|e| e.spike).count() as f64 / set.len().max(1) as f64;
-    let mut artifact = ModelArtifact {
-        schema_version: SCHEMA_VERSION,
-        name: config.name.clone(),
-        version: config.version.clone(),
-        features: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
-        transforms: TRANSFORMS.to_vec(),
-        scaler,
-        weights,
-        intercept,
-        threshold: 0.5,
-        baseline: BaselineRule {
-            ratio_threshold: 1.25,
-            steepness: 8.0,
-        },
-        training: TrainingMetadata {
-            command: config.command(),
-            seed: config.seed,
-            symbols: MarketConfig::new(config.seed)
-                .symbols
-                .iter()
-                .map(|s| s.symbol.to_string())
-                .collect(),
-            minutes_per_symbol: config.minutes,
-            horizon_minutes: config.horizon,
-            spike_threshold: config.spike_threshold,
-            train_rows: train_set.len() as u64,
-            test_rows: test_set.len() as u64,
-            train_positive_rate: round(positive_rate(&train_set)),
-            test_positive_rate: round(positive_rate(&test_set)),
-            l2: config.l2,
-            newton_iterations: iterations,
-        },
-        heldout: HeldOut {
-            ml: Scores {
-                accuracy: 0.0,
-                precision: 0.0,
-                recall: 0.0,
-                f1: 0.0,
-                auc: 0.0,
-            },
-            baseline: Scores {
-                accuracy: 0.0,
-                precision: 0.0,
-                recall: 0.0,
-                f1: 0.0,
-                auc: 0.0,
-            },
-        },
+    let fit = Fit {
+        name: &config.name,
+        version: &config.version,
+        l2: config.l2,
+        max_iterations: config.max_iterations,
     };
-    let with_rule = |rule| {
-        let mut a = artifact.clone();
-        a.baseline = rule;
-        Model::new(a)
-    };
-    artifact.baseline = fit_baseline(with_rule, &train_set);
-    let model = Model::new(artifact.clone());
-    let labels: Vec<bool> = test_set.iter().map(|e| e.spike).collect();
-    let heldout = |variant| {
-        let probs: Vec<f64> = test_set
+    let metadata = TrainingMetadata {
+        command: config.command(),
+        seed: config.seed,
+        symbols: MarketConfig::new(config.seed)
+            .symbols
             .iter()
-            .map(|e| model.predict(variant, &e.features).probability)
-            .collect();
-        let s = score(
-            &probs,
-            &labels,
-            if variant == Variant::Ml {
-                artifact.threshold
-            } else {
-                0.5
-            },
-        );
-        Scores {
-            accuracy: round(s.accuracy),
-            precision: round(s.precision),
-            recall: round(s.recall),
-            f1: round(s.f1),
-            auc: round(s.auc),
+            .map(|s| s.symbol.to_string())
+            .collect(),
+        minutes_per_symbol: config.minutes,
+        horizon_minutes: config.horizon,
+        spike_threshold: config.spike_threshold,
+        train_rows: 0,
+        test_rows: 0,
+        train_positive_rate: 0.0,
+        test_positive_rate: 0.0,
+        l2: config.l2,
+        newton_iterations: 0,
+    };
+    fit.run(metadata, &train_set, &test_set)
+}
+
+/// Training on bars a running system stored (the `trainer` service's input).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BarsConfig {
+    pub name: String,
+    pub version: String,
+    /// Recorded in the artifact: what trained it, on which bars.
+    pub command: String,
+    pub interval_ms: i64,
+    pub horizon: u64,
+    pub spike_threshold: f64,
+    /// Trailing share of each symbol's bars held out for scoring.
+    pub test_fraction: f64,
+    pub l2: f64,
+    pub max_iterations: u64,
+    /// Fewer training rows than this (or one class only) is no training.
+    pub min_train_rows: usize,
+}
+
+impl BarsConfig {
+    /// The committed model's settings for everything but the data.
+    pub fn like(base: &TrainConfig, version: String, command: String) -> Self {
+        Self {
+            name: base.name.clone(),
+            version,
+            command,
+            interval_ms: 60_000,
+            horizon: base.horizon,
+            spike_threshold: base.spike_threshold,
+            test_fraction: base.test_fraction,
+            l2: base.l2,
+            max_iterations: base.max_iterations,
+            min_train_rows: 500,
         }
+    }
+}
+
+/// Trains on stored bars, one series per symbol (oldest first; gaps allowed: the rolling
+/// features restart after one and no label spans it). Each symbol's trailing
+/// `test_fraction` is held out. Fails, saying why, when the bars make too few examples or
+/// only one class.
+pub fn train_on_bars(
+    series: &[(String, Vec<Bar>)],
+    config: &BarsConfig,
+) -> Result<(ModelArtifact, ReferenceProfile), String> {
+    let labels = Labels {
+        horizon: config.horizon as usize,
+        spike_threshold: config.spike_threshold,
+        interval_ms: Some(config.interval_ms),
     };
-    artifact.heldout = HeldOut {
-        ml: heldout(Variant::Ml),
-        baseline: heldout(Variant::Baseline),
+    let (mut train_set, mut test_set) = (Vec::new(), Vec::new());
+    for (_, bars) in series {
+        let cut = (bars.len() as f64 * (1.0 - config.test_fraction)) as usize;
+        let cut_ms = bars.get(cut).map_or(i64::MAX, |b| b.start_ms);
+        labels.split(bars, cut_ms, &mut train_set, &mut test_set);
+    }
+    let positives = train_set.iter().filter(|e| e.spike).count();
+    if train_set.len() < config.min_train_rows.max(1) || test_set.is_empty() {
+        return Err(format!(
+            "{} bars make {} training and {} held-out examples; at least {} and 1 are needed",
+            series.iter().map(|(_, b)| b.len()).sum::<usize>(),
+            train_set.len(),
+            test_set.len(),
+            config.min_train_rows.max(1)
+        ));
+    }
+    if positives == 0 || positives == train_set.len() {
+        return Err(format!(
+            "all {} training examples have the same label (spike: {})",
+            train_set.len(),
+            positives > 0
+        ));
+    }
+    let fit = Fit {
+        name: &config.name,
+        version: &config.version,
+        l2: config.l2,
+        max_iterations: config.max_iterations,
     };
-    let rows: Vec<[f64; 6]> = train_set.iter().map(|e| e.features.to_array()).collect();
-    let probabilities: Vec<f64> = train_set
-        .iter()
-        .map(|e| model.predict(Variant::Ml, &e.features).probability)
-        .collect();
-    let profile = ReferenceProfile::build(&artifact.version, &rows, &probabilities);
-    (artifact, profile)
+    let metadata = TrainingMetadata {
+        command: config.command.clone(),
+        seed: 0,
+        symbols: series.iter().map(|(s, _)| s.clone()).collect(),
+        minutes_per_symbol: series
+            .iter()
+            .map(|(_, b)| b.len() as u64)
+            .max()
+            .unwrap_or(0),
+        horizon_minutes: config.horizon,
+        spike_threshold: config.spike_threshold,
+        train_rows: 0,
+        test_rows: 0,
+        train_positive_rate: 0.0,
+        test_positive_rate: 0.0,
+        l2: config.l2,
+        newton_iterations: 0,
+    };
+    Ok(fit.run(metadata, &train_set, &test_set))
+}
+
+/// What fitting needs besides the data.
+struct Fit<'a> {
+    name: &'a str,
+    version: &'a str,
+    l2: f64,
+    max_iterations: u64,
+}
+
+impl Fit<'_> {
+    /// Fits both variants on `train_set`, scores them on `test_set` and profiles the
+    /// training rows; `metadata`'s row counts and iterations are filled in here.
+    fn run(
+        &self,
+        mut metadata: TrainingMetadata,
+        train_set: &[Example],
+        test_set: &[Example],
+    ) -> (ModelArtifact, ReferenceProfile) {
+        let (scaler, weights, intercept, iterations) = fit(train_set, self.l2, self.max_iterations);
+        let positive_rate = |set: &[Example]| {
+            set.iter().filter(|e| e.spike).count() as f64 / set.len().max(1) as f64
+        };
+        metadata.train_rows = train_set.len() as u64;
+        metadata.test_rows = test_set.len() as u64;
+        metadata.train_positive_rate = round(positive_rate(train_set));
+        metadata.test_positive_rate = round(positive_rate(test_set));
+        metadata.newton_iterations = iterations;
+        let zero = Scores {
+            accuracy: 0.0,
+            precision: 0.0,
+            recall: 0.0,
+            f1: 0.0,
+            auc: 0.0,
+        };
+        let mut artifact = ModelArtifact {
+            schema_version: SCHEMA_VERSION,
+            name: self.name.to_owned(),
+            version: self.version.to_owned(),
+            features: FEATURE_NAMES.iter().map(|s| s.to_string()).collect(),
+            transforms: TRANSFORMS.to_vec(),
+            scaler,
+            weights,
+            intercept,
+            threshold: 0.5,
+            baseline: BaselineRule {
+                ratio_threshold: 1.25,
+                steepness: 8.0,
+            },
+            training: metadata,
+            heldout: HeldOut {
+                ml: zero,
+                baseline: zero,
+            },
+        };
+        let with_rule = |rule| {
+            let mut a = artifact.clone();
+            a.baseline = rule;
+            Model::new(a)
+        };
+        artifact.baseline = fit_baseline(with_rule, train_set);
+        let model = Model::new(artifact.clone());
+        let labels: Vec<bool> = test_set.iter().map(|e| e.spike).collect();
+        let heldout = |variant| {
+            let probs: Vec<f64> = test_set
+                .iter()
+                .map(|e| model.predict(variant, &e.features).probability)
+                .collect();
+            let s = score(
+                &probs,
+                &labels,
+                if variant == Variant::Ml {
+                    artifact.threshold
+                } else {
+                    0.5
+                },
+            );
+            Scores {
+                accuracy: round(s.accuracy),
+                precision: round(s.precision),
+                recall: round(s.recall),
+                f1: round(s.f1),
+                auc: round(s.auc),
+            }
+        };
+        artifact.heldout = HeldOut {
+            ml: heldout(Variant::Ml),
+            baseline: heldout(Variant::Baseline),
+        };
+        let rows: Vec<[f64; 6]> = train_set.iter().map(|e| e.features.to_array()).collect();
+        let probabilities: Vec<f64> = train_set
+            .iter()
+            .map(|e| model.predict(Variant::Ml, &e.features).probability)
+            .collect();
+        let profile = ReferenceProfile::build(&artifact.version, &rows, &probabilities);
+        (artifact, profile)
+    }
 }
 
 /// Scores are reported to four decimals; more would be noise.
@@ -486,5 +658,108 @@ mod tests {
             artifact.heldout
         );
         assert_eq!(train(&config), artifact, "training is deterministic");
+    }
+}
+
+#[cfg(test)]
+mod bars_tests {
+    use super::*;
+    use tidewatch_market_sim::Regime;
+
+    /// Minute bars per symbol from the seeded market held in `regime`.
+    fn bars(seed: u64, minutes: u64, regime: Option<Regime>) -> Vec<(String, Vec<Bar>)> {
+        let config = MarketConfig::new(seed);
+        let mut market = Market::new(&config);
+        market.hold_regime(regime);
+        let names: Vec<&str> = config.symbols.iter().map(|s| s.symbol).collect();
+        let mut out: Vec<(String, Vec<Bar>)> =
+            names.iter().map(|s| (s.to_string(), Vec::new())).collect();
+        for _ in 0..minutes {
+            let start = market.now_ms();
+            let mut current: Vec<Option<Bar>> = vec![None; names.len()];
+            for trade in market.next_minute() {
+                let i = names.iter().position(|s| *s == trade.symbol).unwrap();
+                match &mut current[i] {
+                    Some(bar) => bar.add(trade.price, trade.size),
+                    slot => *slot = Some(Bar::open_at(start, trade.price, trade.size)),
+                }
+            }
+            for (i, bar) in current.into_iter().enumerate() {
+                out[i].1.extend(bar);
+            }
+        }
+        out
+    }
+
+    fn config() -> BarsConfig {
+        BarsConfig::like(&TrainConfig::default(), "2".into(), "test".into())
+    }
+
+    fn f1_on(model: &Model, series: &[(String, Vec<Bar>)]) -> f64 {
+        let labels = Labels {
+            horizon: 5,
+            spike_threshold: TrainConfig::default().spike_threshold,
+            interval_ms: Some(60_000),
+        };
+        let (mut all, mut none) = (Vec::new(), Vec::new());
+        for (_, b) in series {
+            labels.split(b, i64::MAX, &mut all, &mut none);
+        }
+        let probs: Vec<f64> = all
+            .iter()
+            .map(|e| model.predict(Variant::Ml, &e.features).probability)
+            .collect();
+        let y: Vec<bool> = all.iter().map(|e| e.spike).collect();
+        score(&probs, &y, 0.5).f1
+    }
+
+    #[test]
+    fn a_model_retrained_on_a_new_regime_beats_the_old_one_there() {
+        let old = Model::new(train(&TrainConfig {
+            minutes: 3_000,
+            ..TrainConfig::default()
+        }));
+        let recent = bars(7, 1_000, Some(Regime::Turbulent));
+        let (artifact, profile) = train_on_bars(&recent, &config()).unwrap();
+        assert_eq!(profile.model_version, "2");
+        let new = Model::new(artifact);
+        let later = bars(8, 600, Some(Regime::Turbulent));
+        let (f_old, f_new) = (f1_on(&old, &later), f1_on(&new, &later));
+        eprintln!("F1 on turbulent bars: old {f_old:.3}, retrained {f_new:.3}");
+        assert!(f_new > f_old, "old {f_old}, new {f_new}");
+    }
+
+    #[test]
+    fn no_example_spans_a_gap_and_too_little_data_is_refused() {
+        let mut series = bars(3, 400, None);
+        let full = {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for (_, s) in &series {
+                Labels {
+                    horizon: 5,
+                    spike_threshold: 0.0025,
+                    interval_ms: Some(60_000),
+                }
+                .split(s, i64::MAX, &mut a, &mut b);
+            }
+            a.len()
+        };
+        // Cut a ten-minute hole into every symbol: the features restart after it (15
+        // warm-up bars) and the five labels before it cannot be judged.
+        for (_, s) in &mut series {
+            s.drain(200..210);
+        }
+        let (mut with_gap, mut none) = (Vec::new(), Vec::new());
+        for (_, s) in &series {
+            Labels {
+                horizon: 5,
+                spike_threshold: 0.0025,
+                interval_ms: Some(60_000),
+            }
+            .split(s, i64::MAX, &mut with_gap, &mut none);
+        }
+        assert!(with_gap.len() < full - series.len() * 10, "{} vs {full}", with_gap.len());
+        let err = train_on_bars(&bars(3, 30, None), &config()).unwrap_err();
+        assert!(err.contains("training"), "{err}");
     }
 }
