@@ -31,21 +31,26 @@ impl Alias {
     }
 }
 
-/// What registering a version takes.
+/// What registering a version takes besides its documents.
 #[derive(Debug, Clone)]
 pub struct NewVersion<'a> {
     pub name: &'a str,
-    /// The artifact's JSON text, stored and hashed as given.
-    pub artifact: &'a str,
     pub training_command: &'a str,
     /// Event time of the first and last bar trained on (None: not trained on stored bars).
     pub data_window: Option<(OffsetDateTime, OffsetDateTime)>,
-    /// Held-out scores, JSON.
-    pub heldout: &'a str,
-    /// Reference profile, JSON.
-    pub reference_profile: &'a str,
     /// Who or what registered it (`trainer`, `seed`, a person).
     pub created_by: &'a str,
+}
+
+/// A version's JSON documents, stored as given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Documents {
+    /// The artifact (hashed as given).
+    pub artifact: String,
+    /// Held-out scores.
+    pub heldout: String,
+    /// Reference profile.
+    pub reference_profile: String,
 }
 
 /// A registered version.
@@ -100,16 +105,47 @@ impl Registry {
     }
 
     /// Registers `v` as the next version and returns its number.
-    pub async fn register(&self, v: &NewVersion<'_>) -> anyhow::Result<i32> {
+    pub async fn register(&self, v: &NewVersion<'_>, documents: &Documents) -> anyhow::Result<i32> {
+        self.register_next(v, |_| Ok(documents.clone()), None).await
+    }
+
+    /// Registers the next version with documents that name its number (`documents` gets
+    /// it, under the lock) and, with `challenger` (the reason), makes it the challenger in
+    /// the same transaction. Returns its number.
+    pub async fn register_next(
+        &self,
+        v: &NewVersion<'_>,
+        documents: impl FnOnce(i32) -> anyhow::Result<Documents>,
+        challenger: Option<&str>,
+    ) -> anyhow::Result<i32> {
         let mut tx = self.locked().await?;
-        let version = insert(&mut tx, v).await?;
+        let next: i32 =
+            sqlx::query_scalar("SELECT coalesce(max(version), 0) + 1 FROM model_versions")
+                .fetch_one(&mut *tx)
+                .await?;
+        let version = insert(&mut tx, next, v, &documents(next)?).await?;
+        if let Some(reason) = challenger {
+            move_alias(
+                &mut tx,
+                Alias::Challenger,
+                Some(version),
+                v.created_by,
+                reason,
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(version)
     }
 
     /// Registers `v` as version 1 and makes it champion, if the registry is empty; returns
     /// whether it did. Every service may call this at start: only the first one seeds.
-    pub async fn seed(&self, v: &NewVersion<'_>, reason: &str) -> anyhow::Result<bool> {
+    pub async fn seed(
+        &self,
+        v: &NewVersion<'_>,
+        documents: &Documents,
+        reason: &str,
+    ) -> anyhow::Result<bool> {
         let mut tx = self.locked().await?;
         let any: Option<i32> = sqlx::query_scalar("SELECT version FROM model_versions LIMIT 1")
             .fetch_optional(&mut *tx)
@@ -117,7 +153,7 @@ impl Registry {
         if any.is_some() {
             return Ok(false);
         }
-        let version = insert(&mut tx, v).await?;
+        let version = insert(&mut tx, 1, v, documents).await?;
         move_alias(
             &mut tx,
             Alias::Champion,
@@ -204,26 +240,29 @@ impl Registry {
     }
 }
 
+/// Inserts version `number` (the caller holds the lock and took the next number).
 async fn insert(
     tx: &mut Transaction<'static, Postgres>,
+    number: i32,
     v: &NewVersion<'_>,
+    d: &Documents,
 ) -> anyhow::Result<i32> {
     let (start, end) = v.data_window.unzip();
     Ok(sqlx::query_scalar(
         "INSERT INTO model_versions (version, name, artifact, artifact_sha256, training_command, \
          data_start, data_end, heldout, reference_profile, created_by) \
-         SELECT coalesce(max(version), 0) + 1, $1, $2::jsonb, \
-         encode(sha256(convert_to($2, 'UTF8')), 'hex'), $3, $4, $5, $6::jsonb, $7::jsonb, $8 \
-         FROM model_versions RETURNING version",
+         VALUES ($9, $1, $2::jsonb, encode(sha256(convert_to($2, 'UTF8')), 'hex'), $3, $4, $5, \
+         $6::jsonb, $7::jsonb, $8) RETURNING version",
     )
     .bind(v.name)
-    .bind(v.artifact)
+    .bind(&d.artifact)
     .bind(v.training_command)
     .bind(start)
     .bind(end)
-    .bind(v.heldout)
-    .bind(v.reference_profile)
+    .bind(&d.heldout)
+    .bind(&d.reference_profile)
     .bind(v.created_by)
+    .bind(number)
     .fetch_one(&mut **tx)
     .await?)
 }

@@ -5,7 +5,7 @@
 //! returns to. The schema refuses what it should (an alias outside the two, a bad hash).
 
 use sha2::{Digest as _, Sha256};
-use tidewatch_db::registry::{Alias, NewVersion, Registry};
+use tidewatch_db::registry::{Alias, Documents, NewVersion, Registry};
 
 fn committed(file: &str) -> String {
     std::fs::read_to_string(format!(
@@ -31,18 +31,24 @@ async fn versions_aliases_and_their_audit_trail() {
     let command = parsed["training"]["command"].as_str().expect("command");
     let v1 = NewVersion {
         name: "volatility-spike-logreg",
-        artifact: &artifact,
         training_command: command,
         data_window: None,
-        heldout: &heldout,
-        reference_profile: &profile,
         created_by: "seed",
+    };
+    let documents = Documents {
+        artifact: artifact.clone(),
+        heldout,
+        reference_profile: profile,
     };
 
     // Eight services starting at once: one seeds.
-    let seeds = futures::future::join_all(
-        (0..8).map(|_| registry.seed(&v1, "the committed models/volatility-spike.json")),
-    )
+    let seeds = futures::future::join_all((0..8).map(|_| {
+        registry.seed(
+            &v1,
+            &documents,
+            "the committed models/volatility-spike.json",
+        )
+    }))
     .await;
     let seeded: Vec<bool> = seeds.into_iter().map(|r| r.expect("seed")).collect();
     assert_eq!(seeded.iter().filter(|s| **s).count(), 1, "{seeded:?}");
@@ -74,7 +80,8 @@ async fn versions_aliases_and_their_audit_trail() {
         created_by: "trainer",
         ..v1.clone()
     };
-    let registered = futures::future::join_all((0..4).map(|_| registry.register(&v))).await;
+    let registered =
+        futures::future::join_all((0..4).map(|_| registry.register(&v, &documents))).await;
     let mut numbers: Vec<i32> = registered
         .into_iter()
         .map(|r| r.expect("register"))

@@ -758,7 +758,11 @@ mod bars_tests {
             }
             .split(s, i64::MAX, &mut with_gap, &mut none);
         }
-        assert!(with_gap.len() < full - series.len() * 10, "{} vs {full}", with_gap.len());
+        assert!(
+            with_gap.len() < full - series.len() * 10,
+            "{} vs {full}",
+            with_gap.len()
+        );
         let err = train_on_bars(&bars(3, 30, None), &config()).unwrap_err();
         assert!(err.contains("training"), "{err}");
     }

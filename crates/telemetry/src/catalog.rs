@@ -65,6 +65,8 @@ pub enum Group {
     Alerting,
     /// The load driver's requests to the prediction API and their outcomes (loadgen).
     Load,
+    /// Training runs and the model registry (trainer).
+    Training,
 }
 
 impl Group {
@@ -86,6 +88,7 @@ impl Group {
             Group::Database => "database",
             Group::Alerting => "alerting",
             Group::Load => "load",
+            Group::Training => "training",
         }
     }
 }
@@ -1203,7 +1206,72 @@ pub const ALL: &[&MetricDef] = &[
     &LOADGEN_REQUEST_DURATION,
     &LOADGEN_TARGET_RATE,
     &LOADGEN_IN_FLIGHT,
+    &TRAINING_RUNS,
+    &TRAINING_DURATION,
+    &TRAINING_SAMPLES,
+    &TRAINING_LAST_SUCCESS,
+    &TRAINING_HELDOUT_SCORE,
+    &REGISTRY_ALIAS_VERSION,
 ];
+
+const TRAINING_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+pub const TRAINING_RUNS: MetricDef = MetricDef {
+    name: "tidewatch_training_runs_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["trigger", "status"],
+    help: "Training runs by what started them (schedule, drift, manual) and how they ended (success: registered as challenger; insufficient_data: too few stored bars to train on; failure: an error).",
+    buckets: &[],
+    group: Group::Training,
+};
+pub const TRAINING_DURATION: MetricDef = MetricDef {
+    name: "tidewatch_training_duration_seconds",
+    kind: MetricKind::Histogram,
+    unit: Some("seconds"),
+    labels: &["trigger"],
+    help: "Wall time of a training run: reading the stored bars, fitting, scoring and registering.",
+    buckets: TRAINING_BUCKETS,
+    group: Group::Training,
+};
+pub const TRAINING_SAMPLES: MetricDef = MetricDef {
+    name: "tidewatch_training_samples",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["set"],
+    help: "Labelled examples the last successful run used, by set (train, test: held out for scoring).",
+    buckets: &[],
+    group: Group::Training,
+};
+pub const TRAINING_LAST_SUCCESS: MetricDef = MetricDef {
+    name: "tidewatch_training_last_success_timestamp_seconds",
+    kind: MetricKind::Gauge,
+    unit: Some("seconds"),
+    labels: &[],
+    help: "Unix time the last training run succeeded; absent until one has (since the trainer started).",
+    buckets: &[],
+    group: Group::Training,
+};
+pub const TRAINING_HELDOUT_SCORE: MetricDef = MetricDef {
+    name: "tidewatch_training_heldout_score",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["variant", "metric"],
+    help: "The last trained version's scores on its held-out bars (variant ml or baseline; metric accuracy, precision, recall, f1, auc).",
+    buckets: &[],
+    group: Group::Training,
+};
+pub const REGISTRY_ALIAS_VERSION: MetricDef = MetricDef {
+    name: "tidewatch_model_registry_alias_version",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["alias"],
+    help: "The registry version an alias (champion, challenger) points at, as the trainer last read it; 0: the alias points nowhere.",
+    buckets: &[],
+    group: Group::Training,
+};
 
 /// Looks a metric up by the name it has in the Prometheus exposition (histogram series
 /// suffixes `_bucket`, `_sum` and `_count` resolve to their histogram).
