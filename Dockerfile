@@ -35,7 +35,7 @@ COPY . .
 ARG GIT_COMMIT=unknown
 RUN GIT_COMMIT="$GIT_COMMIT" cargo build --release --bins \
     && mkdir /out \
-    && for b in generator normalize enrich aggregate prediction-consumer project prediction-api alert-receiver loadgen; do \
+    && for b in generator normalize enrich aggregate prediction-consumer project prediction-api alert-receiver loadgen trainer; do \
          cp "target/release/$b" /out/; \
        done
 

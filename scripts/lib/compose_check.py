@@ -28,7 +28,7 @@ import urllib.request
 
 COMPOSE = json.loads(os.environ["TW_COMPOSE"])
 TIDEWATCH = ["generator", "normalize", "enrich", "aggregate", "prediction-consumer",
-             "project", "prediction-api", "alert-receiver", "loadgen"]
+             "project", "prediction-api", "alert-receiver", "loadgen", "trainer"]
 SYMBOL = "BTC-USD"
 # The generator's default share of late trades is 0.2%; a restart that made trades late
 # wholesale would dead-letter nearly all of them.

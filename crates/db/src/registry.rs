@@ -229,6 +229,16 @@ impl Registry {
         .flatten())
     }
 
+    /// When `actor` last registered a version, if ever.
+    pub async fn last_registered_by(&self, actor: &str) -> anyhow::Result<Option<OffsetDateTime>> {
+        Ok(
+            sqlx::query_scalar("SELECT max(created_at) FROM model_versions WHERE created_by = $1")
+                .bind(actor)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// Every move of every alias, oldest first.
     pub async fn moves(&self) -> anyhow::Result<Vec<AliasMove>> {
         Ok(sqlx::query_as::<_, AliasMove>(

@@ -6,7 +6,8 @@
 //! champion, sees the drift persist, retrains on the stored bars of its window (turbulent
 //! only) and registers version 2 as challenger, with the data window, scores and profile
 //! it trained on; an admin request trains version 3. A trainer on a database without bars
-//! runs on schedule and counts each run as insufficient data, registering nothing.
+//! runs on schedule and counts each run as insufficient data, registering nothing. After a
+//! restart the last success time is the registry's.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -183,7 +184,7 @@ async fn drift_retrains_on_stored_bars_and_registers_a_challenger() {
         ],
     )
     .expect("consumer starts");
-    let trainer = Service::start(
+    let mut trainer = Service::start(
         "trainer",
         &[
             "--model",
@@ -379,6 +380,23 @@ async fn drift_retrains_on_stored_bars_and_registers_a_challenger() {
         Some(1),
         "the trainer never promotes"
     );
+
+    // The last success is the registry's, so a restart does not forget it.
+    let v3 = registry.version(3).await.expect("read").expect("version 3");
+    trainer.restart_after_kill().expect("restart");
+    trainer
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .expect("ready");
+    let text = trainer.metrics().await.expect("metrics");
+    let last = metric(
+        &text,
+        "tidewatch_training_last_success_timestamp_seconds",
+        &[],
+    )
+    .expect("the last success after a restart");
+    let created = v3.created_at.unix_timestamp_nanos() as f64 / 1e9;
+    assert!((last - created).abs() < 1e-3, "{last} vs {created}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -486,6 +486,26 @@ fn model() -> Dashboard {
                     ("sum(tidewatch_feature_drift_window_vectors{SEL})", "vectors"),
                 ]).stat(),
             ]),
+            row("Training and registry", vec![
+                panel("Training runs, last hour", "short", "Training runs in the last hour by what started them (schedule, drift, manual) and how they ended (success registers a challenger; insufficient_data: too few stored bars; failure: TrainingFailing).", &[
+                    ("sum by (trigger, status) (increase(tidewatch_training_runs_total{SEL}[1h]))", "{{trigger}} {{status}}"),
+                ]),
+                panel("Since the last successful training", "s", "Wall time since the trainer last registered a version (read back from the registry at start); NoRecentTraining fires after a day.", &[
+                    ("time() - max(tidewatch_training_last_success_timestamp_seconds{SEL})", "since last success"),
+                ]).stat().red_above(86_400.0),
+                panel("Training duration, mean over the last hour", "s", "Wall time of a run (reading the bars, fitting, scoring, registering), averaged over the runs of the last hour, by trigger.", &[
+                    ("sum by (trigger) (increase(tidewatch_training_duration_seconds_sum{SEL}[1h])) / sum by (trigger) (increase(tidewatch_training_duration_seconds_count{SEL}[1h])) > 0", "{{trigger}}"),
+                ]),
+                panel("Examples the last trained version used", "short", "Labelled examples of the last successful run: trained on, and held out for scoring.", &[
+                    ("max by (set) (tidewatch_training_samples{SEL})", "{{set}}"),
+                ]).stat(),
+                panel("Held-out scores of the last trained version", "percentunit", "The newest challenger's scores on its held-out bars (the ml variant).", &[
+                    (r#"max by (metric) (tidewatch_training_heldout_score{SEL,variant="ml"})"#, "{{metric}}"),
+                ]).stat(),
+                panel("Registry aliases", "none", "The registry version each alias points at (0: none), as the trainer reads it every poll.", &[
+                    ("max by (alias) (tidewatch_model_registry_alias_version{SEL})", "{{alias}}"),
+                ]).stat(),
+            ]),
             row("Online learning and serving", vec![
                 panel("Online model updates", "ops", "Online-learning updates per second; OnlineLearningStalled fires when none happen while features arrive.", &[
                     ("sum(rate(tidewatch_online_model_updates_total{SEL}[$__rate_interval]))", "updates"),

@@ -591,6 +591,16 @@ impl Trainer {
         } = self;
         telemetry.metrics.spawn_upkeep(shutdown.token());
         let metrics = TrainingMetrics::new();
+        // The last success survives restarts in the registry.
+        match ctx.registry.last_registered_by(SERVICE).await {
+            Ok(Some(at)) => catalog::TRAINING_LAST_SUCCESS
+                .gauge(&[])
+                .set(at.unix_timestamp_nanos() as f64 / 1e9),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read the last training time")
+            }
+        }
         let status = Arc::new(Mutex::new(StatusState::default()));
         let (queue, mut requests) = mpsc::channel::<Trigger>(1);
         let state = AppState {
