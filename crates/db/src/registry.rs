@@ -218,15 +218,36 @@ impl Registry {
         .await?)
     }
 
-    /// The champion before the current one (what a rollback returns to), if any.
+    /// The champion the newest promotion replaced (what a rollback returns to), if any and
+    /// if it is not the champion again. Rollbacks do not count as promotions, so a version
+    /// rolled back from is never rolled back to.
     pub async fn previous_champion(&self) -> anyhow::Result<Option<i32>> {
         Ok(sqlx::query_scalar(
-            "SELECT from_version FROM model_alias_moves WHERE alias = 'champion' \
-             ORDER BY id DESC LIMIT 1",
+            "SELECT from_version FROM (SELECT from_version FROM model_alias_moves \
+               WHERE alias = 'champion' AND reason NOT LIKE 'rollback: %' \
+               ORDER BY id DESC LIMIT 1) newest \
+             WHERE from_version IS DISTINCT FROM \
+               (SELECT version FROM model_aliases WHERE alias = 'champion')",
         )
         .fetch_optional(&self.pool)
         .await?
         .flatten())
+    }
+
+    /// Puts `to` back as champion (a rollback: its reason is recorded as `rollback: ...`).
+    pub async fn roll_back(
+        &self,
+        to: i32,
+        actor: &str,
+        reason: &str,
+    ) -> anyhow::Result<Option<AliasMove>> {
+        self.move_alias(
+            Alias::Champion,
+            Some(to),
+            actor,
+            &format!("rollback: {reason}"),
+        )
+        .await
     }
 
     /// When `actor` last registered a version, if ever.

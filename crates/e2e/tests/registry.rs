@@ -142,15 +142,17 @@ async fn versions_aliases_and_their_audit_trail() {
             .expect("promote"),
         None
     );
-    registry
-        .move_alias(
-            Alias::Champion,
-            Some(1),
-            "prediction-consumer",
-            "rollback: F1 fell",
-        )
+    let back = registry
+        .roll_back(1, "prediction-consumer", "F1 fell")
         .await
-        .expect("rollback");
+        .expect("rollback")
+        .expect("a move");
+    assert_eq!(back.reason, "rollback: F1 fell");
+    assert_eq!(
+        registry.previous_champion().await.expect("read"),
+        None,
+        "a version rolled back from is not a rollback target"
+    );
     let trail: Vec<(String, Option<i32>, Option<i32>, String)> = registry
         .moves()
         .await

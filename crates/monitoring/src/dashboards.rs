@@ -502,8 +502,14 @@ fn model() -> Dashboard {
                 panel("Held-out scores of the last trained version", "percentunit", "The newest challenger's scores on its held-out bars (the ml variant).", &[
                     (r#"max by (metric) (tidewatch_training_heldout_score{SEL,variant="ml"})"#, "{{metric}}"),
                 ]).stat(),
-                panel("Registry aliases", "none", "The registry version each alias points at (0: none), as the trainer reads it every poll.", &[
+                panel("Registry line-up", "none", "The registry version in each role (0: none): champion (serves), challenger (judged beside it), previous (the champion a rollback returns to), as the consumer and trainer last read them.", &[
                     ("max by (alias) (tidewatch_model_registry_alias_version{SEL})", "{{alias}}"),
+                ]).stat(),
+                panel("F1 by role on the same outcomes", "percentunit", "Champion, challenger and previous champion judged on the same live outcomes (the last PROMOTION_MIN_JUDGEMENTS); a challenger is promoted when it leads by the margin, a champion rolled back when the previous one leads by it. Promotions and rollbacks are drawn as annotations.", &[
+                    (r#"max by (role) (tidewatch_model_role_rolling_score{SEL,metric="f1"})"#, "{{role}}"),
+                ]),
+                panel("Decisions, last 24 hours", "short", "Challengers promoted and rejected, champions rolled back (ChallengerRejected, ModelRolledBack).", &[
+                    ("sum by (decision) (increase(tidewatch_model_decisions_total{SEL}[24h]))", "{{decision}}"),
                 ]).stat(),
             ]),
             row("Online learning and serving", vec![
@@ -967,9 +973,25 @@ fn alert_annotations() -> Value {
             "textFormat": "{{severity}}: {{service}} {{slo}}",
             "tagKeys": "severity,service,component",
             "useValueForTime": false
+        },
+        {
+            "name": "Model promotions and rollbacks",
+            "datasource": {"type": "prometheus", "uid": DATASOURCE_UID},
+            "enable": true,
+            "iconColor": "purple",
+            "expr": MODEL_DECISION_ANNOTATION_EXPR,
+            "step": "60s",
+            "titleFormat": "model {{decision}}",
+            "textFormat": "{{service}}: the registry's champion changed",
+            "tagKeys": "decision,service",
+            "useValueForTime": false
         }
     ]})
 }
+
+/// The query of the promotions-and-rollbacks annotation.
+pub const MODEL_DECISION_ANNOTATION_EXPR: &str =
+    r#"changes(tidewatch_model_decisions_total{decision=~"promoted|rolled_back"}[2m]) > 0"#;
 
 /// The query of the alert annotation (evaluated by the dashboard test like the panels').
 pub const ALERT_ANNOTATION_EXPR: &str = r#"ALERTS{alertstate="firing"}"#;

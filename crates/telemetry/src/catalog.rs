@@ -1212,6 +1212,8 @@ pub const ALL: &[&MetricDef] = &[
     &TRAINING_LAST_SUCCESS,
     &TRAINING_HELDOUT_SCORE,
     &REGISTRY_ALIAS_VERSION,
+    &MODEL_ROLE_ROLLING_SCORE,
+    &MODEL_DECISIONS,
 ];
 
 const TRAINING_BUCKETS: &[f64] = &[
@@ -1268,9 +1270,28 @@ pub const REGISTRY_ALIAS_VERSION: MetricDef = MetricDef {
     kind: MetricKind::Gauge,
     unit: None,
     labels: &["alias"],
-    help: "The registry version an alias (champion, challenger) points at, as the trainer last read it; 0: the alias points nowhere.",
+    help: "The registry version a role points at (champion, challenger; previous: the champion before, which a rollback returns to), as the trainer or the prediction consumer last read it; 0: none.",
     buckets: &[],
     group: Group::Training,
+};
+
+pub const MODEL_ROLE_ROLLING_SCORE: MetricDef = MetricDef {
+    name: "tidewatch_model_role_rolling_score",
+    kind: MetricKind::Gauge,
+    unit: None,
+    labels: &["role", "metric"],
+    help: "Accuracy and F1 of the champion, the challenger and the previous champion, each over the same last judged outcomes (as many as promotion needs); 0 for a role nobody holds.",
+    buckets: &[],
+    group: Group::Outcomes,
+};
+pub const MODEL_DECISIONS: MetricDef = MetricDef {
+    name: "tidewatch_model_decisions_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["decision"],
+    help: "Decisions taken on live outcomes: promoted (the challenger beat the champion by the margin), rejected (it did not, or drifted), rolled_back (the champion fell behind the previous one).",
+    buckets: &[],
+    group: Group::Outcomes,
 };
 
 /// Looks a metric up by the name it has in the Prometheus exposition (histogram series

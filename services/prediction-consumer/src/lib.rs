@@ -7,7 +7,9 @@
 //! Every feature vector and the published probability also go into a sliding window
 //! compared with the model's reference profile per feature ([`api`] serves the report).
 
+pub mod arena;
 pub mod online;
+pub mod registry_sync;
 pub mod scores;
 
 use std::collections::{HashMap, VecDeque};
@@ -37,8 +39,11 @@ use tidewatch_schema::{
 };
 use tidewatch_telemetry::{catalog, TelemetryArgs};
 
+use crate::arena::{Arena, Contender, Decision, Gate};
 use crate::online::OnlineModel;
+use crate::registry_sync::Lineup;
 use crate::scores::RollingScore;
+use tokio::sync::{mpsc, watch};
 
 pub const SERVICE: &str = "prediction-consumer";
 
@@ -95,6 +100,25 @@ pub struct Settings {
     /// is noisier; see above).
     #[arg(long, env = "FEATURE_DRIFT_MIN_SAMPLES", default_value_t = 3_000)]
     pub feature_drift_min_samples: usize,
+    /// PostgreSQL of the model registry. Set, the consumer serves the registry's champion
+    /// (seeding an empty registry with `--model`), judges the challenger beside it, and
+    /// promotes, rejects and rolls back; unset, it serves `--model` alone.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<secrecy::SecretString>,
+    /// The registry database's password, when it is not in the URL.
+    #[arg(long, env = "DATABASE_PASSWORD", hide_env_values = true)]
+    pub database_password: Option<secrecy::SecretString>,
+    /// Seconds between reads of the registry (how stale the served champion can be).
+    #[arg(long, env = "REGISTRY_POLL_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub registry_poll_seconds: u64,
+    /// Judged outcomes a challenger (and a champion against the previous one) needs before
+    /// a decision; scores are compared over the last this many.
+    #[arg(long, env = "PROMOTION_MIN_JUDGEMENTS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..))]
+    pub promotion_min_judgements: u64,
+    /// F1 a challenger must gain over the champion to be promoted, and the champion may
+    /// lose to the previous champion before it is rolled back.
+    #[arg(long, env = "PROMOTION_MARGIN", default_value_t = 0.02, value_parser = tidewatch_telemetry::runner::fraction)]
+    pub promotion_margin: f64,
     #[command(flatten)]
     pub stage: StageArgs,
     #[command(flatten)]
@@ -128,6 +152,10 @@ impl Settings {
             "reference_profile_path": self.reference_profile_path,
             "feature_drift_window": self.feature_drift_window,
             "feature_drift_min_samples": self.feature_drift_min_samples,
+            "registry": self.database_url.is_some(),
+            "registry_poll_seconds": self.registry_poll_seconds,
+            "promotion_min_judgements": self.promotion_min_judgements,
+            "promotion_margin": self.promotion_margin,
             "stage": self.stage,
             "telemetry": self.telemetry,
         })
@@ -141,6 +169,8 @@ struct Pending {
     /// Spike predicted by ml, baseline and the online model.
     predicted: [bool; 3],
     inputs: [f64; 6],
+    /// Champion, challenger and previous champion: version and spike predicted.
+    contenders: [Option<(i32, bool)>; 3],
 }
 
 const VARIANTS: [&str; 3] = ["ml", "baseline", "online"];
@@ -162,7 +192,17 @@ pub struct PredictionConsumer {
     /// Shared with the report endpoint, which builds its report under the lock (the stage
     /// takes it once per vector, uncontended but for a report request).
     features: Arc<Mutex<FeatureDriftTracker>>,
+    feature_drift_window: (usize, usize),
     metrics: ConsumerMetrics,
+    /// With the registry: the line-up judged on outcomes, its updates and where decisions go.
+    arena: Option<RegistryLink>,
+}
+
+/// The stage's end of the registry task.
+struct RegistryLink {
+    arena: Arena,
+    lineup: watch::Receiver<Lineup>,
+    decisions: mpsc::UnboundedSender<Decision>,
 }
 
 struct ConsumerMetrics {
@@ -283,19 +323,7 @@ impl PredictionConsumer {
             "the model's horizon is {} minutes; outcomes can only be judged for 5",
             training.horizon_minutes
         );
-        let version = model.artifact().version.clone();
-        let served = [settings.variant.as_str(), "online"].map(|v| {
-            let c = |o| {
-                let c = catalog::PREDICTIONS.counter(&[
-                    ("model", &version),
-                    ("variant", v),
-                    ("outcome", o),
-                ]);
-                c.absolute(0);
-                c
-            };
-            (c("spike"), c("no_spike"))
-        });
+        let served = served_counters(&model.artifact().version, settings.variant);
         let probability = [settings.variant.as_str(), "online"]
             .map(|v| catalog::PREDICTION_PROBABILITY.histogram(&[("variant", v)]));
         let metrics = ConsumerMetrics {
@@ -332,7 +360,76 @@ impl PredictionConsumer {
                 settings.feature_drift_window,
                 settings.feature_drift_min_samples,
             ))),
+            feature_drift_window: (
+                settings.feature_drift_window,
+                settings.feature_drift_min_samples,
+            ),
             metrics,
+            arena: None,
+        })
+    }
+
+    /// Serves the registry's line-up from now on: `lineup`'s champion replaces the model
+    /// given to [`PredictionConsumer::new`], every later change is picked up between two
+    /// messages, and decisions go to `decisions`.
+    pub fn with_registry(
+        mut self,
+        settings: &Settings,
+        lineup: watch::Receiver<Lineup>,
+        decisions: mpsc::UnboundedSender<Decision>,
+    ) -> Self {
+        let gate = Gate {
+            min_judgements: settings.promotion_min_judgements as usize,
+            margin: settings.promotion_margin,
+        };
+        let current = lineup.borrow().clone();
+        let (v, model, profile) = current.champion.clone();
+        let arena = Arena::new(
+            gate,
+            self.feature_drift_window,
+            Contender::new(v, model, profile, self.feature_drift_window),
+        );
+        self.arena = Some(RegistryLink {
+            arena,
+            lineup,
+            decisions,
+        });
+        self.apply_lineup(current);
+        self
+    }
+
+    /// Takes a new line-up: a new champion serves (and its profile is what live features
+    /// are compared with) from the next message on.
+    fn apply_lineup(&mut self, lineup: Lineup) {
+        let Some(link) = self.arena.as_mut() else {
+            return;
+        };
+        let (version, model, profile) = lineup.champion.clone();
+        if model.artifact().version != self.model.artifact().version
+            || lock(&self.features).report().model_version != profile.model_version
+        {
+            tracing::info!(
+                registry_version = version,
+                model_version = model.artifact().version,
+                "serving a new champion"
+            );
+            self.metrics.served = served_counters(&model.artifact().version, self.variant);
+            let (window, min) = self.feature_drift_window;
+            *lock(&self.features) = FeatureDriftTracker::new(profile, window, min);
+            self.model = model;
+        }
+        link.arena
+            .replace(lineup.champion, lineup.challenger, lineup.previous);
+    }
+
+    /// The registry versions serving and judged now (champion, challenger, previous).
+    pub fn lineup(&self) -> Option<(i32, Option<i32>, Option<i32>)> {
+        self.arena.as_ref().map(|l| {
+            (
+                l.arena.champion.version,
+                l.arena.challenger.as_ref().map(|c| c.version),
+                l.arena.previous.as_ref().map(|c| c.version),
+            )
         })
     }
 
@@ -385,6 +482,12 @@ impl PredictionConsumer {
         let p = judged?;
         for (score, predicted) in self.scores.iter_mut().zip(p.predicted) {
             score.record(predicted, actual);
+        }
+        if let Some(link) = self.arena.as_mut() {
+            if let Some(decision) = link.arena.judge(p.contenders, actual) {
+                tracing::info!(decision = decision.label(), ?decision, "model decision");
+                let _ = link.decisions.send(decision);
+            }
         }
         let published = usize::from(self.variant == Variant::Baseline);
         self.drift.error(p.predicted[published] != actual);
@@ -451,6 +554,16 @@ impl Processor for PredictionConsumer {
                 reason: "a feature is not a finite number".to_owned(),
             };
         }
+        let changed = self.arena.as_mut().and_then(|l| {
+            l.lineup
+                .has_changed()
+                .ok()
+                .filter(|c| *c)
+                .map(|_| l.lineup.borrow_and_update().clone())
+        });
+        if let Some(lineup) = changed {
+            self.apply_lineup(lineup);
+        }
         let outcome = self.judge(&f);
         self.drift
             .input((f.features.vol_5m / (4.0 * self.spike_threshold)).min(1.0));
@@ -475,12 +588,17 @@ impl Processor for PredictionConsumer {
             if spike { yes } else { no }.increment(1);
             self.metrics.probability[i].record(p);
         }
+        let contenders = self
+            .arena
+            .as_mut()
+            .map_or([None; 3], |l| l.arena.predict(f.bar_start_ms, &f.features));
         self.hold(
             &f.symbol,
             Pending {
                 bar_start_ms: f.bar_start_ms,
                 predicted: [ml.spike, baseline.spike, online_spike],
                 inputs,
+                contenders,
             },
         );
         self.metrics.pending.set(self.pending_total as f64);
@@ -509,4 +627,17 @@ impl Processor for PredictionConsumer {
         }
         Outcome::Emit(records)
     }
+}
+
+/// The served-predictions counters of one model version.
+fn served_counters(version: &str, variant: Variant) -> [(Counter, Counter); 2] {
+    [variant.as_str(), "online"].map(|v| {
+        let c = |o| {
+            let c =
+                catalog::PREDICTIONS.counter(&[("model", version), ("variant", v), ("outcome", o)]);
+            c.absolute(0);
+            c
+        };
+        (c("spike"), c("no_spike"))
+    })
 }
