@@ -5,7 +5,9 @@
 //! - A challenger trained on stored-style bars of a turbulent market (another seed) is judged
 //!   beside the committed champion on the same outcomes, wins by the margin and is promoted;
 //!   the consumer serves it without a restart (its predictions carry the new version) and,
-//!   judged on the next outcomes beside the old champion, its F1 is above the old one's.
+//!   judged on the next outcomes beside the old champion, its F1 is above the old one's. The
+//!   prediction API, following the same registry, serves it too (`GET /v1/model` says
+//!   version 2 and since when) without a restart.
 //! - A bad challenger (the committed model with its weights negated) is rejected, never
 //!   promoted.
 //! - A bad champion (promoted by hand) falls behind the previous champion and is rolled back.
@@ -169,6 +171,7 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 struct Setup {
     brokers: String,
+    database: String,
     topic: String,
     registry: Registry,
     consumer: Service,
@@ -232,6 +235,7 @@ impl Setup {
         let producer = Producer::new(&brokers, name).expect("producer");
         Self {
             brokers,
+            database,
             topic,
             registry: Registry::new(pool),
             consumer,
@@ -323,6 +327,35 @@ async fn a_retrained_challenger_wins_on_live_outcomes_and_serves_without_a_resta
         1,
         "the consumer seeded the committed model"
     );
+    // The prediction API follows the same registry.
+    let api = Service::start(
+        "prediction-api",
+        &[
+            "--model",
+            &committed("volatility-spike.json"),
+            "--registry-poll-seconds",
+            "1",
+        ],
+        &[("DATABASE_URL", s.database.as_str())],
+    )
+    .expect("api starts");
+    api.wait_ready(Duration::from_secs(60))
+        .await
+        .expect("ready");
+    let model_info = || async {
+        reqwest::get(api.url("/v1/model"))
+            .await
+            .expect("GET /v1/model")
+            .json::<serde_json::Value>()
+            .await
+            .expect("json")
+    };
+    let before = model_info().await;
+    assert_eq!(
+        (&before["version"], &before["registry_version"]),
+        (&serde_json::json!("1.0.0"), &serde_json::json!(1)),
+        "{before}"
+    );
     let v2 = register(&s.registry, retrained(), true).await;
     s.wait_metrics("the challenger loaded", |t| {
         role(t, "challenger") == Some(f64::from(v2))
@@ -350,6 +383,33 @@ async fn a_retrained_challenger_wins_on_live_outcomes_and_serves_without_a_resta
     );
     eprintln!("promotion: {}", promotion.reason);
     assert_eq!(role(&text, "previous"), Some(1.0));
+
+    // The API serves version 2 within its poll, without a restart.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let info = model_info().await;
+        if info["registry_version"] == 2 {
+            break info;
+        }
+        assert!(Instant::now() < deadline, "the API still serves {info}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(after["version"], "2.0.0", "{after}");
+    assert!(
+        after["serving_since"].as_str() > before["serving_since"].as_str(),
+        "{before} then {after}"
+    );
+    let features = s.market.features(1).pop().expect("a vector");
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(api.url("/v1/predict"))
+        .json(&serde_json::json!({"symbol": features.symbol, "features": features.features}))
+        .send()
+        .await
+        .expect("predict")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(answer["model_version"], "2.0.0", "{answer}");
 
     // Served without a restart: the next predictions carry version 2.0.0, and the old
     // champion is judged beside it on the same outcomes.

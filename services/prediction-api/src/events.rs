@@ -58,27 +58,17 @@ fn index(variant: Variant) -> usize {
 }
 
 impl ApiMetrics {
+    /// The served model changed: its info gauge and held-out scores follow.
+    pub fn model_changed(&self, from: &ModelArtifact, to: &ModelArtifact) {
+        catalog::MODEL_INFO
+            .gauge(&[("model", from.name.as_str()), ("version", &from.version)])
+            .set(0.0);
+        model_gauges(to);
+    }
+
     pub fn register(artifact: &ModelArtifact) -> Self {
         let model = artifact.name.as_str();
-        catalog::MODEL_INFO
-            .gauge(&[("model", model), ("version", &artifact.version)])
-            .set(1.0);
-        for (variant, scores) in [
-            ("ml", artifact.heldout.ml),
-            ("baseline", artifact.heldout.baseline),
-        ] {
-            for (metric, value) in [
-                ("accuracy", scores.accuracy),
-                ("precision", scores.precision),
-                ("recall", scores.recall),
-                ("f1", scores.f1),
-                ("auc", scores.auc),
-            ] {
-                catalog::MODEL_HELDOUT_SCORE
-                    .gauge(&[("variant", variant), ("metric", metric)])
-                    .set(value);
-            }
-        }
+        model_gauges(artifact);
         let variant = |v: Variant| {
             let name = v.as_str();
             VariantHandles {
@@ -181,5 +171,31 @@ impl ApiMetrics {
 
     pub fn drift_reset(&self) {
         self.drift_resets.increment(1);
+    }
+}
+
+/// The served model's info gauge (1) and held-out scores.
+fn model_gauges(artifact: &ModelArtifact) {
+    catalog::MODEL_INFO
+        .gauge(&[
+            ("model", artifact.name.as_str()),
+            ("version", &artifact.version),
+        ])
+        .set(1.0);
+    for (variant, scores) in [
+        ("ml", artifact.heldout.ml),
+        ("baseline", artifact.heldout.baseline),
+    ] {
+        for (metric, value) in [
+            ("accuracy", scores.accuracy),
+            ("precision", scores.precision),
+            ("recall", scores.recall),
+            ("f1", scores.f1),
+            ("auc", scores.auc),
+        ] {
+            catalog::MODEL_HELDOUT_SCORE
+                .gauge(&[("variant", variant), ("metric", metric)])
+                .set(value);
+        }
     }
 }

@@ -21,7 +21,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::routing::get;
 use axum::{Json, Router};
-use tidewatch_model::Model;
+use tidewatch_db::registry::{Alias, Registry};
+use tidewatch_model::{Model, ModelArtifact};
 use tidewatch_telemetry::server::{instrument, ops_router, serve};
 use tidewatch_telemetry::{ComponentHealth, Criticality, Shutdown, Telemetry};
 use tokio::net::TcpListener;
@@ -103,6 +104,8 @@ pub struct Application {
     router: Router,
     telemetry: Telemetry,
     grace: Duration,
+    /// The registry the served model follows, its state and how often it is read.
+    registry: Option<(Registry, AppState, Duration)>,
 }
 
 impl Application {
@@ -125,7 +128,8 @@ impl Application {
         telemetry
             .health
             .register("model", Criticality::Critical, move || {
-                let a = probe.model().artifact();
+                let served = probe.model();
+                let a = served.model.artifact();
                 let health = ComponentHealth::healthy(format!(
                     "{} {} loaded, serving {}",
                     a.name,
@@ -135,6 +139,24 @@ impl Application {
                 async move { health }
             });
         state.faults().register_health(&telemetry.health);
+        let registry = match &settings.database_url {
+            Some(url) => {
+                let args = tidewatch_db::DatabaseArgs {
+                    database_url: url.clone(),
+                    database_password: settings.database_password.clone(),
+                    database_max_connections: 2,
+                    database_start_timeout_seconds: 30,
+                };
+                let registry = Registry::new(tidewatch_db::connect_and_migrate(&args).await?);
+                follow_champion(&registry, &state).await;
+                Some((
+                    registry,
+                    state.clone(),
+                    Duration::from_secs(settings.registry_poll_seconds),
+                ))
+            }
+            None => None,
+        };
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -143,6 +165,7 @@ impl Application {
             router: router(state, telemetry.clone()),
             telemetry,
             grace: Duration::from_secs(settings.shutdown_grace_seconds),
+            registry,
         })
     }
 
@@ -154,6 +177,17 @@ impl Application {
     /// Serves until `shutdown` is triggered and in-flight requests have finished.
     pub async fn run(self, shutdown: Shutdown) -> std::io::Result<()> {
         self.telemetry.metrics.spawn_upkeep(shutdown.token());
+        if let Some((registry, state, poll)) = self.registry {
+            let stop = shutdown.token();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(poll) => follow_champion(&registry, &state).await,
+                    }
+                }
+            });
+        }
         let addr = self.listener.local_addr()?;
         tracing::info!(addr = %addr, "listening");
         serve(
@@ -164,5 +198,36 @@ impl Application {
             self.grace,
         )
         .await
+    }
+}
+
+/// Serves the registry's champion if it is not what serves already; a champion that cannot
+/// be read or loaded leaves the current model serving (and says why in the log).
+async fn follow_champion(registry: &Registry, state: &AppState) {
+    let champion = match registry.alias(Alias::Champion).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot read the model registry");
+            return;
+        }
+    };
+    if state.model().registry_version == Some(champion.version) {
+        return;
+    }
+    match ModelArtifact::from_json(&champion.artifact) {
+        Ok(artifact) => {
+            tracing::info!(
+                registry_version = champion.version,
+                model_version = artifact.version,
+                "serving the registry's champion"
+            );
+            state.serve(Model::new(artifact), champion.version);
+        }
+        Err(e) => tracing::error!(
+            registry_version = champion.version,
+            error = %e,
+            "the registry's champion is not a valid artifact; the current model keeps serving"
+        ),
     }
 }

@@ -32,6 +32,16 @@ pub struct Settings {
     /// Bearer token for admin endpoints. Unset or empty: admin endpoints answer 403.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub admin_token: Option<SecretString>,
+    /// PostgreSQL of the model registry. Set, the API serves the registry's champion and
+    /// follows it (`--model` serves until the registry has one); unset, `--model` alone.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<SecretString>,
+    /// The registry database's password, when it is not in the URL.
+    #[arg(long, env = "DATABASE_PASSWORD", hide_env_values = true)]
+    pub database_password: Option<SecretString>,
+    /// Seconds between reads of the registry's champion (how stale the served model can be).
+    #[arg(long, env = "REGISTRY_POLL_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub registry_poll_seconds: u64,
     /// Largest accepted request body in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -70,6 +80,8 @@ impl Settings {
             } else {
                 "unset (admin disabled)"
             },
+            registry: self.database_url.is_some(),
+            registry_poll_seconds: self.registry_poll_seconds,
             max_body_bytes: self.max_body_bytes,
             max_concurrent_requests: self.max_concurrent_requests,
             shutdown_grace_seconds: self.shutdown_grace_seconds,
@@ -95,6 +107,9 @@ pub struct PublicSettings {
     #[schema(value_type = String)]
     pub variant: Variant,
     pub admin_token: &'static str,
+    /// Whether the model follows the registry's champion.
+    pub registry: bool,
+    pub registry_poll_seconds: u64,
     pub max_body_bytes: usize,
     pub max_concurrent_requests: usize,
     pub shutdown_grace_seconds: u64,

@@ -1,7 +1,7 @@
 //! Shared request state: the loaded model, the active variant, the admin token, metrics.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use secrecy::SecretString;
 use tidewatch_model::monitor::DriftMonitor;
@@ -17,9 +17,19 @@ pub struct AppState {
     inner: Arc<Inner>,
 }
 
+/// The model serving now, where it came from and since when.
+#[derive(Debug)]
+pub struct Served {
+    pub model: Model,
+    /// Its registry version (None: the file given at start, no registry).
+    pub registry_version: Option<i32>,
+    pub since: time::OffsetDateTime,
+}
+
 #[derive(Debug)]
 struct Inner {
-    model: Model,
+    /// Swapped whole by the registry poller; a request takes one snapshot.
+    model: RwLock<Arc<Served>>,
     variant: AtomicU8,
     admin: Arc<AdminAuth>,
     faults: Faults,
@@ -62,7 +72,11 @@ impl AppState {
         metrics.variant_active(variant);
         Self {
             inner: Arc::new(Inner {
-                model,
+                model: RwLock::new(Arc::new(Served {
+                    model,
+                    registry_version: None,
+                    since: time::OffsetDateTime::now_utc(),
+                })),
                 variant: AtomicU8::new(encode(variant)),
                 admin: Arc::new(AdminAuth::new(admin_token)),
                 faults: Faults::new(&Fault::API),
@@ -76,8 +90,29 @@ impl AppState {
         }
     }
 
-    pub fn model(&self) -> &Model {
-        &self.inner.model
+    /// The model serving now (a snapshot: a swap does not change it under the caller).
+    pub fn model(&self) -> Arc<Served> {
+        self.inner
+            .model
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Serves `model` (registry version `version`) from the next request on.
+    pub fn serve(&self, model: Model, version: i32) {
+        let served = Arc::new(Served {
+            model,
+            registry_version: Some(version),
+            since: time::OffsetDateTime::now_utc(),
+        });
+        let previous = std::mem::replace(
+            &mut *self.inner.model.write().unwrap_or_else(|e| e.into_inner()),
+            served.clone(),
+        );
+        self.inner
+            .metrics
+            .model_changed(previous.model.artifact(), served.model.artifact());
     }
 
     pub fn variant(&self) -> Variant {

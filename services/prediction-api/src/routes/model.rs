@@ -26,12 +26,18 @@ pub struct ModelInfo {
     pub training: TrainingMetadata,
     /// Held-out scores of both variants.
     pub heldout: HeldOut,
+    /// The model registry's version of the model serving (null: the file given at start,
+    /// no registry configured or none read yet).
+    pub registry_version: Option<i32>,
+    /// When this model started serving (RFC 3339).
+    pub serving_since: String,
 }
 
 /// Describes the loaded model: version, active variant, features, training and scores.
 #[utoipa::path(get, path = "/v1/model", tag = "model", responses((status = 200, body = ModelInfo)))]
 pub async fn model_info(State(state): State<AppState>) -> Json<ModelInfo> {
-    let a = state.model().artifact();
+    let served = state.model();
+    let a = served.model.artifact();
     Json(ModelInfo {
         name: a.name.clone(),
         version: a.version.clone(),
@@ -42,6 +48,11 @@ pub async fn model_info(State(state): State<AppState>) -> Json<ModelInfo> {
         baseline_rule: a.baseline,
         training: a.training.clone(),
         heldout: a.heldout,
+        registry_version: served.registry_version,
+        serving_since: served
+            .since
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
     })
 }
 

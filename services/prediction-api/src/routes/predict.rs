@@ -156,7 +156,8 @@ fn rejected(state: &AppState, e: ApiError) -> ApiError {
 
 fn run(state: &AppState, variant: Variant, symbol: String, features: &Features) -> PredictResponse {
     let start = Instant::now();
-    let prediction = state.model().predict(variant, features);
+    let served = state.model();
+    let prediction = served.model.predict(variant, features);
     state
         .metrics()
         .prediction(variant, &prediction, start.elapsed());
@@ -164,7 +165,7 @@ fn run(state: &AppState, variant: Variant, symbol: String, features: &Features) 
         symbol,
         probability: prediction.probability,
         spike: prediction.spike,
-        model_version: state.model().artifact().version.clone(),
+        model_version: served.model.artifact().version.clone(),
         variant,
     }
 }
