@@ -405,9 +405,7 @@ impl PredictionConsumer {
             return;
         };
         let (version, model, profile) = lineup.champion.clone();
-        if model.artifact().version != self.model.artifact().version
-            || lock(&self.features).report().model_version != profile.model_version
-        {
+        if model.artifact().version != self.model.artifact().version {
             tracing::info!(
                 registry_version = version,
                 model_version = model.artifact().version,
@@ -420,17 +418,6 @@ impl PredictionConsumer {
         }
         link.arena
             .replace(lineup.champion, lineup.challenger, lineup.previous);
-    }
-
-    /// The registry versions serving and judged now (champion, challenger, previous).
-    pub fn lineup(&self) -> Option<(i32, Option<i32>, Option<i32>)> {
-        self.arena.as_ref().map(|l| {
-            (
-                l.arena.champion.version,
-                l.arena.challenger.as_ref().map(|c| c.version),
-                l.arena.previous.as_ref().map(|c| c.version),
-            )
-        })
     }
 
     /// Per-feature drift now (what [`api`] serves).
