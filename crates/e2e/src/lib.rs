@@ -87,6 +87,49 @@ pub async fn dump_projection(pool: &sqlx::PgPool) -> anyhow::Result<Vec<String>>
     Ok(out)
 }
 
+/// Stores one-minute bars as `project` would (the `bars` table), one series per symbol.
+pub async fn store_bars(
+    pool: &sqlx::PgPool,
+    series: &[(String, Vec<tidewatch_model::features::Bar>)],
+) {
+    for (symbol, bars) in series {
+        for b in bars {
+            sqlx::query(
+                "INSERT INTO bars (symbol, interval_seconds, start_time, end_time, open, high, \
+                 low, close, volume, vwap, trade_count) VALUES ($1, 60, \
+                 to_timestamp($2::double precision / 1000), \
+                 to_timestamp($2::double precision / 1000 + 60), $3, $4, $5, $6, $7, $6, $8)",
+            )
+            .bind(symbol)
+            .bind(b.start_ms)
+            .bind(b.open)
+            .bind(b.high)
+            .bind(b.low)
+            .bind(b.close)
+            .bind(b.volume)
+            .bind(b.trades as i64)
+            .execute(pool)
+            .await
+            .expect("insert bar");
+        }
+    }
+}
+
+/// The value of the first series of `name` in a Prometheus text exposition whose labels
+/// include every `(label, value)` given.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+        (metric == name
+            && labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+        .then(|| value.parse().ok())
+        .flatten()
+    })
+}
+
 /// A service process; SIGKILLed when dropped, so a failing test leaves nothing behind.
 #[derive(Debug)]
 pub struct Service {

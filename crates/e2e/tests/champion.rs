@@ -11,11 +11,13 @@
 //! - A bad challenger (the committed model with its weights negated) is rejected, never
 //!   promoted.
 //! - A bad champion (promoted by hand) falls behind the previous champion and is rolled back.
+//! - The whole loop with the trainer: drift seen by the consumer, retraining on the stored
+//!   bars of the new regime, promotion on live outcomes, serving without a restart.
 
 use std::time::{Duration, Instant};
 
 use tidewatch_db::registry::{Alias, Documents, NewVersion, Registry};
-use tidewatch_e2e::{env_var, Service};
+use tidewatch_e2e::{env_var, metric, store_bars, Service};
 use tidewatch_kafka::{Producer, Record};
 use tidewatch_market_sim::{Market, MarketConfig, Regime};
 use tidewatch_model::features::{Bar, FeatureBuilder};
@@ -32,20 +34,28 @@ fn committed(file: &str) -> String {
     format!("{}/../../models/{file}", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A market held turbulent: each symbol's bars, and features as aggregate publishes them.
-struct Turbulent {
+/// The seeded market, held in a regime or not: each symbol's bars, and features as
+/// aggregate publishes them (their bars kept for storing as project would).
+struct HeldMarket {
     market: Market,
     builders: Vec<(String, FeatureBuilder)>,
+    /// Bars of the features made since the last `take_bars`.
+    bars: Vec<(String, Vec<Bar>)>,
 }
 
-impl Turbulent {
-    fn new(seed: u64) -> Self {
+impl HeldMarket {
+    fn new(seed: u64, regime: Option<Regime>) -> Self {
         let mut market = Market::new(&MarketConfig::new(seed));
-        market.hold_regime(Some(Regime::Turbulent));
+        market.hold_regime(regime);
         Self {
             market,
             builders: Vec::new(),
+            bars: Vec::new(),
         }
+    }
+
+    fn take_bars(&mut self) -> Vec<(String, Vec<Bar>)> {
+        std::mem::take(&mut self.bars)
     }
 
     fn minute(&mut self) -> Vec<(String, Bar)> {
@@ -78,6 +88,10 @@ impl Turbulent {
         let mut out = Vec::new();
         for _ in 0..minutes {
             for (symbol, bar) in self.minute() {
+                match self.bars.iter_mut().find(|(s, _)| *s == symbol) {
+                    Some((_, b)) => b.push(bar),
+                    None => self.bars.push((symbol.clone(), vec![bar])),
+                }
                 let builder = match self.builders.iter().position(|(s, _)| *s == symbol) {
                     Some(i) => &mut self.builders[i].1,
                     None => {
@@ -103,7 +117,7 @@ impl Turbulent {
 
 /// A model trained on 1,000 minutes of a turbulent market (seed 7), with its profile.
 fn retrained() -> (ModelArtifact, ReferenceProfile) {
-    let series = Turbulent::new(7).bars(1_000);
+    let series = HeldMarket::new(7, Some(Regime::Turbulent)).bars(1_000);
     let config = BarsConfig::like(&TrainConfig::default(), "x".into(), "test".into());
     train_on_bars(&series, &config).expect("trains")
 }
@@ -156,19 +170,6 @@ async fn register(
         .expect("register")
 }
 
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (series, value) = l.rsplit_once(' ')?;
-        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-        (metric == name
-            && labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-        .then(|| value.parse().ok())
-        .flatten()
-    })
-}
-
 struct Setup {
     brokers: String,
     database: String,
@@ -176,7 +177,7 @@ struct Setup {
     registry: Registry,
     consumer: Service,
     producer: Producer,
-    market: Turbulent,
+    market: HeldMarket,
 }
 
 impl Setup {
@@ -240,7 +241,7 @@ impl Setup {
             registry: Registry::new(pool),
             consumer,
             producer,
-            market: Turbulent::new(8),
+            market: HeldMarket::new(8, Some(Regime::Turbulent)),
         }
     }
 
@@ -524,4 +525,193 @@ async fn a_champion_that_falls_behind_the_previous_one_is_rolled_back() {
         None,
         "the version rolled back from is no rollback target"
     );
+}
+
+/// The whole loop, with nothing registered by hand: the market runs unforced, then is held
+/// turbulent. The consumer's per-feature drift (against the committed model's training
+/// data) and its error-stream detectors see it; the trainer, reading the consumer's drift
+/// report, retrains on the stored bars of the turbulent hours and registers a challenger;
+/// the consumer judges it on live outcomes and promotes it; consumer and API serve it
+/// without a restart; on the next outcomes it beats the old champion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_retraining_promotion_and_serving_close_the_loop() {
+    let mut s = Setup::start("lifecycle").await;
+    s.market = HeldMarket::new(21, None);
+    let pool = sqlx::PgPool::connect(&s.database).await.expect("connect");
+    let trainer = Service::start(
+        "trainer",
+        &[
+            "--model",
+            &committed("volatility-spike.json"),
+            "--reference-profile",
+            &committed("volatility-spike.profile.json"),
+            "--train-every-seconds",
+            "0",
+            "--train-window-minutes",
+            "600",
+            "--drift-report-url",
+            &s.consumer.url("/v1/drift/report"),
+            "--drift-poll-seconds",
+            "1",
+            "--drift-persist-seconds",
+            "3",
+        ],
+        &[("DATABASE_URL", s.database.as_str())],
+    )
+    .expect("trainer starts");
+    let api = Service::start(
+        "prediction-api",
+        &[
+            "--model",
+            &committed("volatility-spike.json"),
+            "--registry-poll-seconds",
+            "1",
+        ],
+        &[("DATABASE_URL", s.database.as_str())],
+    )
+    .expect("api starts");
+    for service in [&trainer, &api] {
+        service
+            .wait_ready(Duration::from_secs(60))
+            .await
+            .expect("ready");
+    }
+    let report_url = s.consumer.url("/v1/drift/report");
+    let report = || async {
+        reqwest::get(&report_url)
+            .await
+            .expect("report")
+            .json::<serde_json::Value>()
+            .await
+            .expect("json")
+    };
+
+    // Unforced: a full drift window, no dataset drift, nothing trained.
+    s.publish(150).await;
+    store_bars(&pool, &s.market.take_bars()).await;
+    let text = s
+        .wait_metrics("a full drift window", |t| {
+            metric(t, "tidewatch_feature_drift_window_vectors", &[]) == Some(JUDGEMENTS as f64)
+        })
+        .await;
+    let calm = report().await;
+    assert_eq!(calm["dataset_drift"], false, "{calm}");
+    let ddm_before = metric(
+        &text,
+        "tidewatch_drift_events_total",
+        &[("detector", "ddm"), ("level", "drift")],
+    )
+    .unwrap_or(0.0);
+
+    // Held turbulent: ten hours of bars stored and features published.
+    s.market.market.hold_regime(Some(Regime::Turbulent));
+    s.publish(600).await;
+    store_bars(&pool, &s.market.take_bars()).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let trained = loop {
+        let status: serde_json::Value = reqwest::get(trainer.url("/v1/status"))
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json");
+        if status["training"]["last_success"]["version"] == 2 {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no drift-triggered training; status {status}\n{}",
+            trainer.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        trained["training"]["last_success"]["trigger"], "drift",
+        "{trained}"
+    );
+    let drifted = report().await;
+    assert_eq!(drifted["dataset_drift"], true, "{drifted}");
+    let text = s.metrics().await;
+    let psi = |feature| {
+        metric(
+            &text,
+            "tidewatch_feature_drift",
+            &[("feature", feature), ("statistic", "psi")],
+        )
+        .unwrap_or(0.0)
+    };
+    let drifted_features: Vec<&str> = tidewatch_model::FEATURE_NAMES
+        .iter()
+        .copied()
+        .filter(|f| psi(f) >= 0.25)
+        .collect();
+    assert!(
+        !drifted_features.is_empty(),
+        "FeatureDrift's condition (PSI >= 0.25) holds"
+    );
+    let ddm_after = metric(
+        &text,
+        "tidewatch_drift_events_total",
+        &[("detector", "ddm"), ("level", "drift")],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        ddm_after > ddm_before,
+        "DriftDetected's condition: DDM signalled drift"
+    );
+    eprintln!(
+        "drift: features {drifted_features:?} at PSI >= 0.25, DDM drift signals {ddm_before} -> {ddm_after}; trained version 2 on {} bars in {:.3} s (held-out F1 {})",
+        trained["training"]["last_success"]["bars"],
+        trained["training"]["last_success"]["duration_seconds"].as_f64().unwrap_or(0.0),
+        trained["training"]["last_success"]["heldout"]["ml"]["f1"]
+    );
+
+    // Judged on live outcomes, promoted, served by consumer and API.
+    s.wait_metrics("the challenger loaded", |t| {
+        role(t, "challenger") == Some(2.0)
+    })
+    .await;
+    s.publish(PHASE_MINUTES).await;
+    let text = s
+        .wait_metrics("a promotion", |t| role(t, "champion") == Some(2.0))
+        .await;
+    assert_eq!(decisions(&text, "promoted"), 1.0);
+    let moves = s.registry.moves().await.expect("moves");
+    let promotion = moves
+        .iter()
+        .find(|m| m.alias == "champion" && m.to_version == Some(2))
+        .expect("an audit row");
+    eprintln!("promotion: {}", promotion.reason);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info: serde_json::Value = reqwest::get(api.url("/v1/model"))
+            .await
+            .expect("model")
+            .json()
+            .await
+            .expect("json");
+        if info["registry_version"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the API still serves {info}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.publish(PHASE_MINUTES).await;
+    let text = s
+        .wait_metrics("the new champion judged", |t| {
+            metric(
+                t,
+                "tidewatch_predictions_total",
+                &[("model", "2.0.0"), ("variant", "ml"), ("outcome", "spike")],
+            )
+            .is_some_and(|n| n > 0.0)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let text = Some(s.metrics().await)
+        .filter(|t| !t.is_empty())
+        .unwrap_or(text);
+    let (new, old) = (f1(&text, "champion"), f1(&text, "previous"));
+    eprintln!("F1 over the last {JUDGEMENTS} outcomes after promotion: served (v2) {new:.4}, old champion (v1) {old:.4}");
+    assert!(new > old, "served {new} vs old {old}");
 }

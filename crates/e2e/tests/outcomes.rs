@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use tidewatch_e2e::{env_var, Service};
+use tidewatch_e2e::{env_var, metric, Service};
 use tidewatch_kafka::{Producer, Record};
 use tidewatch_market_sim::{Market, MarketConfig, Regime};
 use tidewatch_model::features::{Bar, FeatureBuilder};
@@ -59,19 +59,6 @@ fn market_features() -> Vec<FeatureRecord> {
         out.extend(records);
     }
     out
-}
-
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (series, value) = l.rsplit_once(' ')?;
-        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-        (metric == name
-            && labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-        .then(|| value.parse().ok())
-        .flatten()
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tidewatch_db::registry::{Alias, Registry};
-use tidewatch_e2e::{env_var, Service};
+use tidewatch_e2e::{env_var, metric, store_bars, Service};
 use tidewatch_kafka::{Producer, Record};
 use tidewatch_market_sim::{Market, MarketConfig, Regime};
 use tidewatch_model::features::{Bar, FeatureBuilder};
@@ -72,43 +72,6 @@ fn market() -> (Vec<(String, Vec<Bar>)>, Vec<FeatureRecord>) {
     }
     series.sort_by(|a, b| a.0.cmp(&b.0));
     (series, features)
-}
-
-async fn store_bars(pool: &sqlx::PgPool, series: &[(String, Vec<Bar>)]) {
-    for (symbol, bars) in series {
-        for b in bars {
-            sqlx::query(
-                "INSERT INTO bars (symbol, interval_seconds, start_time, end_time, open, high, \
-                 low, close, volume, vwap, trade_count) VALUES ($1, 60, \
-                 to_timestamp($2::double precision / 1000), \
-                 to_timestamp($2::double precision / 1000 + 60), $3, $4, $5, $6, $7, $6, $8)",
-            )
-            .bind(symbol)
-            .bind(b.start_ms)
-            .bind(b.open)
-            .bind(b.high)
-            .bind(b.low)
-            .bind(b.close)
-            .bind(b.volume)
-            .bind(b.trades as i64)
-            .execute(pool)
-            .await
-            .expect("insert bar");
-        }
-    }
-}
-
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (series, value) = l.rsplit_once(' ')?;
-        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-        (metric == name
-            && labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-        .then(|| value.parse().ok())
-        .flatten()
-    })
 }
 
 async fn status(trainer: &Service) -> serde_json::Value {
