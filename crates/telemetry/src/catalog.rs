@@ -1280,7 +1280,7 @@ pub const MODEL_ROLE_ROLLING_SCORE: MetricDef = MetricDef {
     kind: MetricKind::Gauge,
     unit: None,
     labels: &["role", "metric"],
-    help: "Accuracy and F1 of the champion, the challenger and the previous champion, each over the same last judged outcomes (as many as promotion needs); 0 for a role nobody holds.",
+    help: "Accuracy, precision, recall and F1 of the champion, the challenger and the previous champion, each over the same last judged outcomes (as many as promotion needs); 0 for a role nobody holds.",
     buckets: &[],
     group: Group::Outcomes,
 };

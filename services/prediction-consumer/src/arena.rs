@@ -140,7 +140,8 @@ pub struct Arena {
     /// A decision was sent for the current line-up: no second until the registry answers
     /// with a new one.
     decided: bool,
-    gauges: [[Gauge; 2]; 3],
+    /// Per role: accuracy, precision, recall, F1.
+    gauges: [[Gauge; 4]; 3],
     decisions: [Counter; 3],
 }
 
@@ -157,7 +158,7 @@ impl std::fmt::Debug for Arena {
 impl Arena {
     pub fn new(gate: Gate, window: (usize, usize), champion: Contender) -> Self {
         let gauges = ROLES.map(|role| {
-            ["accuracy", "f1"]
+            ["accuracy", "precision", "recall", "f1"]
                 .map(|m| catalog::MODEL_ROLE_ROLLING_SCORE.gauge(&[("role", role), ("metric", m)]))
         });
         let decisions = ["promoted", "rejected", "rolled_back"].map(|d| {
@@ -255,8 +256,13 @@ impl Arena {
                 if let Some(c) = c.filter(|c| c.version == version) {
                     c.record(p, actual, window);
                     let s = c.scores();
-                    self.gauges[i][0].set(s.accuracy);
-                    self.gauges[i][1].set(s.f1);
+                    for (g, v) in
+                        self.gauges[i]
+                            .iter()
+                            .zip([s.accuracy, s.precision, s.recall, s.f1])
+                    {
+                        g.set(v);
+                    }
                 }
             }
         }
