@@ -12,7 +12,7 @@ use tidewatch_model::profile::ReferenceProfile;
 use tidewatch_model::{Model, Variant};
 use tidewatch_telemetry::catalog;
 
-use crate::scores::Scores;
+use crate::scores::{cell, Scores};
 
 /// A registry version, loaded: number, model, reference profile.
 pub type Loaded = (i32, Model, ReferenceProfile);
@@ -65,15 +65,6 @@ impl std::fmt::Debug for Contender {
             .field("version", &self.version)
             .field("judged", &self.judged)
             .finish_non_exhaustive()
-    }
-}
-
-fn cell(predicted: bool, actual: bool) -> usize {
-    match (predicted, actual) {
-        (true, true) => 0,
-        (true, false) => 1,
-        (false, true) => 2,
-        (false, false) => 3,
     }
 }
 

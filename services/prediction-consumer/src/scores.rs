@@ -26,7 +26,8 @@ impl std::fmt::Debug for RollingScore {
     }
 }
 
-fn cell(predicted: bool, actual: bool) -> usize {
+/// The confusion-matrix cell (tp, fp, fn, tn) of one judgement.
+pub(crate) fn cell(predicted: bool, actual: bool) -> usize {
     match (predicted, actual) {
         (true, true) => 0,
         (true, false) => 1,
