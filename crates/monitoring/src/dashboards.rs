@@ -741,8 +741,8 @@ fn host() -> Dashboard {
         description: "The machine under the stack, through node-exporter: CPU, memory, filesystems, network, load.",
         rows: vec![
             row("Now", vec![
-                panel("CPU busy", "percentunit", "Share of all CPUs not idle; HostCpuSaturated fires above 95% for half an hour.", &[
-                    (r#"1 - avg(rate(node_cpu_seconds_total{SEL,mode="idle"}[$__rate_interval]))"#, "busy"),
+                panel("CPU busy", "percentunit", "Share of all CPUs busy at normal priority (neither idle nor niced work, which yields to the services); HostCpuSaturated fires above 95% for half an hour. CPU by mode shows the niced share.", &[
+                    (r#"1 - sum(rate(node_cpu_seconds_total{SEL,mode=~"idle|nice"}[$__rate_interval])) / count(node_cpu_seconds_total{SEL,mode="idle"})"#, "busy"),
                 ]).gauge().red_above(0.95),
                 panel("Memory available", "percentunit", "Memory the kernel can hand out; HostMemoryLow fires under 10%.", &[
                     ("min(node_memory_MemAvailable_bytes{SEL} / node_memory_MemTotal_bytes{SEL})", "available"),
