@@ -1,7 +1,7 @@
 //! The API's error type: every client mistake is a 4xx with a JSON body naming the field;
 //! a server fault is a 500 that shows no internals (they go to the log).
 
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -87,7 +87,16 @@ impl IntoResponse for ApiError {
                 if status.is_server_error() {
                     count_server_error(detail.code);
                 }
-                (status, Json(ErrorBody { error: detail })).into_response()
+                let mut response = (status, Json(ErrorBody { error: detail })).into_response();
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    // The rest of an oversized body is not read: the connection cannot carry
+                    // another request.
+                    response.headers_mut().insert(
+                        header::CONNECTION,
+                        header::HeaderValue::from_static("close"),
+                    );
+                }
+                response
             }
             ApiError::Unexpected(e) => {
                 tracing::error!(error = format!("{e:#}"), "request failed unexpectedly");

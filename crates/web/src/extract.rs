@@ -4,12 +4,26 @@
 //! one checks the content type (415), reads the body under the configured limit (413),
 //! tells syntax errors (400) from type errors (422) and reports the failing path, e.g.
 //! `features.vol_5m`, using serde_path_to_error.
+//!
+//! A body over the limit is read to its end and thrown away (up to [`DISCARD_LIMIT_BYTES`],
+//! for at most [`DISCARD_TIMEOUT`]) before the 413 goes out with `Connection: close`: many
+//! clients (Python's urllib, for one) send the whole body before they read anything, and an
+//! answer sent while they still write reaches them as a broken pipe, not as the 413.
 
-use axum::body::Bytes;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, StatusCode};
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
+
+/// The most of an oversized body read (and discarded) so that its sender sees the 413;
+/// beyond it the connection is closed unread.
+pub const DISCARD_LIMIT_BYTES: u64 = 16 * 1024 * 1024;
+/// The longest an oversized body is read for before the 413 is sent anyway.
+pub const DISCARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 use crate::error::ApiError;
 
@@ -70,31 +84,47 @@ async fn read_json_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut body = req.into_body();
     if declared.is_some_and(|n| n > limit as u64) {
+        if declared.is_some_and(|n| n <= DISCARD_LIMIT_BYTES) {
+            discard(body, 0).await;
+        }
         return Err(too_large());
     }
-    axum::body::to_bytes(req.into_body(), limit)
-        .await
-        .map_err(|e| {
-            let inner = e.into_inner();
-            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*inner);
-            let over_limit = std::iter::from_fn(|| {
-                let current = cause?;
-                cause = current.source();
-                Some(current)
-            })
-            .any(|c| c.is::<http_body_util::LengthLimitError>());
-            if over_limit {
-                too_large()
-            } else {
-                ApiError::client(
-                    StatusCode::BAD_REQUEST,
-                    "unreadable_body",
-                    Some("body"),
-                    "the request body could not be read",
-                )
+    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(ApiError::client(
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                Some("body"),
+                "the request body could not be read",
+            ));
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if buf.len() + data.len() > limit {
+            discard(body, (buf.len() + data.len()) as u64).await;
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Reads what is left of `body` (of which `seen` bytes were read already) and drops it,
+/// within [`DISCARD_LIMIT_BYTES`] and [`DISCARD_TIMEOUT`].
+async fn discard(mut body: Body, mut seen: u64) {
+    let drain = async {
+        while seen <= DISCARD_LIMIT_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len() as u64),
+                _ => break,
             }
-        })
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIMEOUT, drain).await;
 }
 
 /// Parses JSON into `T`, naming the failing path in the error.

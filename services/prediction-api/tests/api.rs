@@ -322,6 +322,81 @@ async fn each_validation_error_is_a_4xx_naming_its_field() {
     }
 }
 
+/// A 4 MiB body (four times the limit) gets its 413 JSON error from every common client,
+/// also from those that write the whole body before reading the answer (Python's urllib):
+/// the server reads and discards the rest of the body before it answers and closes.
+#[tokio::test]
+async fn an_oversized_body_gets_a_413_json_error_whatever_the_client() {
+    let app = spawn_app(None).await;
+    let url = app.url("/v1/predict");
+    let body = format!("{{\"symbol\":\"{}\"}}", "A".repeat(4 * 1024 * 1024));
+    let check = |client: &str, status: u16, text: &str| {
+        let err: Value = serde_json::from_str(text)
+            .unwrap_or_else(|e| panic!("{client}: not a JSON error ({e}): {text:.200}"));
+        assert_eq!(status, 413, "{client}: {err}");
+        assert_eq!(err["error"]["code"], "payload_too_large", "{client}: {err}");
+        assert_eq!(err["error"]["field"], "body", "{client}: {err}");
+    };
+
+    let res = app
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .expect("reqwest sends");
+    let status = res.status().as_u16();
+    check("reqwest", status, &res.text().await.expect("reqwest reads"));
+
+    let path = std::env::temp_dir().join(format!("tidewatch-413-{}.json", std::process::id()));
+    std::fs::write(&path, &body).expect("body file");
+    // urllib sends headers and the whole body, then reads; an HTTP error status is raised as
+    // HTTPError, anything else (a broken pipe, a reset) fails the script.
+    let urllib = r#"
+import sys, urllib.request, urllib.error
+req = urllib.request.Request(sys.argv[1], data=open(sys.argv[2], "rb").read(),
+                             headers={"Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(req, timeout=30) as r:
+        print(r.status); print(r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code); print(e.read().decode())
+"#;
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", urllib, &url])
+        .arg(&path)
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (status, text) = stdout
+        .split_once('\n')
+        .unwrap_or_else(|| panic!("urllib: {}", String::from_utf8_lossy(&out.stderr)));
+    check("urllib", status.trim().parse().expect("status"), text);
+
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-H",
+            "content-type: application/json",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", path.display()))
+        .arg(&url)
+        .output()
+        .await
+        .expect("curl runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (text, status) = stdout
+        .rsplit_once('\n')
+        .unwrap_or_else(|| panic!("curl: {}", String::from_utf8_lossy(&out.stderr)));
+    check("curl", status.trim().parse().expect("status"), text);
+    let _ = std::fs::remove_file(&path);
+}
+
 #[tokio::test]
 async fn validation_errors_are_counted_by_field() {
     let app = spawn_app(None).await;
