@@ -474,3 +474,85 @@ fn postgres_bin() -> anyhow::Result<PathBuf> {
         .map(|(_, bin)| bin)
         .context("no PostgreSQL version under /usr/lib/postgresql has initdb")
 }
+
+/// A tansu broker of the test's own on a free loopback port, keeping everything in memory,
+/// so a test can stop and restart the broker process itself (losing every topic, producer
+/// id and offset, as a broker restarted without its volume does) without disturbing the
+/// tests sharing the broker `scripts/test` started. Killed when dropped.
+#[derive(Debug)]
+pub struct PrivateBroker {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateBroker {
+    pub fn start() -> anyhow::Result<Self> {
+        let mut broker = Self {
+            port: free_port(),
+            child: None,
+        };
+        broker.start_server()?;
+        Ok(broker)
+    }
+
+    /// `host:port`, for `KAFKA_BROKERS`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, and waits until the process is gone and its port is free again.
+    pub fn stop_server(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            child.wait().context("waiting for tansu to exit")?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpListener::bind(("127.0.0.1", self.port)).is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "port {} still taken 30 s after tansu exited",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Starts tansu on the same port and waits until it accepts connections.
+    pub fn start_server(&mut self) -> anyhow::Result<()> {
+        let url = format!("tcp://{}", self.brokers());
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting tansu (scripts/test installs it)")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "tansu did not listen on {} within 30 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,12 +1,13 @@
 //! The generator's run-time controls, through its HTTP API on a real broker: the admin
 //! token guards every change, bad bodies get 4xx naming the field, rate and regime changes
-//! show in status and metrics, pause stops publishing and resume restarts it.
+//! show in status and metrics, pause stops publishing and resume restarts it. A restarted
+//! generator continues its market; a broker that lost its state gets records again.
 
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tidewatch_e2e::{env_var, Service};
+use tidewatch_e2e::{env_var, metric, PrivateBroker, Service};
 use tidewatch_telemetry::catalog::{self, Group};
 
 fn counter(metrics: &str, series: &str) -> f64 {
@@ -376,4 +377,102 @@ async fn a_restarted_generator_continues_its_market_even_when_the_topic_is_gone(
         "after the topic was lost: {earliest}, not after {newest}"
     );
     std::fs::remove_dir_all(&state).expect("cleaned up");
+}
+
+/// A broker restarted without its state (tansu keeps everything in memory) has forgotten the
+/// generator's producer id and refuses its sends. The generator must say so on readiness,
+/// replace its producer and deliver again, without being restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restarted_without_its_state_gets_records_again_from_a_new_producer() {
+    let mut broker = PrivateBroker::start().expect("a broker of the test's own");
+    let brokers = broker.brokers();
+    let topic = "trades.raw";
+    let generator = Service::start(
+        "generator",
+        &["--output-topic", topic, "--rate", "200"],
+        &[("KAFKA_BROKERS", &brokers), ("LOG_LEVEL", "info")],
+    )
+    .expect("starts");
+    generator
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .expect("ready");
+    let sample = || async {
+        let text = generator.metrics().await.expect("metrics");
+        let get = |name, labels: &[(&str, &str)]| metric(&text, name, labels).unwrap_or(0.0);
+        (
+            get("tidewatch_kafka_produced_total", &[("outcome", "acked")]),
+            get("tidewatch_kafka_produced_total", &[("outcome", "failed")]),
+            get("tidewatch_kafka_producer_renewals_total", &[("reason", "stalled")])
+                + get("tidewatch_kafka_producer_renewals_total", &[("reason", "fatal")]),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sample().await.0 < 1_000.0 {
+        assert!(Instant::now() < deadline, "{}", generator.log_tail());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(sample().await.2, 0.0, "no renewal while the broker is there");
+
+    tokio::task::block_in_place(|| {
+        broker.stop_server().expect("broker stopped");
+        broker.start_server().expect("broker started again, empty");
+    });
+    let (acked_before, ..) = sample().await;
+    let client = reqwest::Client::new();
+    let (mut unready, mut renewed_at) = (None::<String>, None);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ready = client
+            .get(generator.url("/health/ready"))
+            .send()
+            .await
+            .expect("readiness answers");
+        if ready.status() == StatusCode::SERVICE_UNAVAILABLE && unready.is_none() {
+            unready = Some(ready.text().await.expect("body"));
+        }
+        let (acked, failed, renewals) = sample().await;
+        if renewals > 0.0 && renewed_at.is_none() {
+            renewed_at = Some(acked);
+        }
+        // Delivered again after the renewal: the new producer's records reach the broker.
+        if renewed_at.is_some_and(|at| acked > at + 1_000.0) {
+            assert!(failed > 0.0, "the old producer's sends failed");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no delivery 120 s after the broker restarted (acked {acked_before} -> {acked}, \
+             failed {failed}, renewals {renewals}); log:\n{}",
+            generator.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // librdkafka may call the refused producer id fatal at once (renewed within a second),
+    // or go on failing every send without saying so: then readiness says so until the
+    // renewal 20 s later.
+    let text = generator.metrics().await.expect("metrics");
+    let stalled = metric(&text, "tidewatch_kafka_producer_renewals_total", &[("reason", "stalled")]);
+    if stalled.is_some_and(|n| n > 0.0) {
+        let unready = unready.expect("readiness said the records were not delivered");
+        assert!(
+            unready.contains("delivery") && unready.contains("none of the records was acknowledged"),
+            "{unready}"
+        );
+    }
+    // The records are on the restarted broker, and readiness is back.
+    let read = tidewatch_kafka::inspect::read_topic_async(
+        brokers.clone(),
+        topic.to_owned(),
+        500,
+        Duration::from_secs(30),
+        |_| true,
+    )
+    .await
+    .expect("read back");
+    assert!(read.len() >= 500, "{} records on the restarted broker", read.len());
+    if let Err(e) = generator.wait_ready(Duration::from_secs(30)).await {
+        let health = client.get(generator.url("/health")).send().await.expect("health").text().await.expect("body");
+        panic!("not ready again: {e:#}\n{health}");
+    }
 }

@@ -2,6 +2,7 @@
 //! retries without duplicates, and a delivery outcome and latency per topic.
 
 use std::future::Future;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -56,9 +57,11 @@ pub struct ProduceError {
     pub source: rdkafka::error::KafkaError,
 }
 
+/// Clones share one librdkafka producer, and [`Producer::renew`] replaces it for all of them.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: Arc<RwLock<FutureProducer>>,
+    config: Arc<ClientConfig>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -69,16 +72,49 @@ impl std::fmt::Debug for Producer {
 
 impl Producer {
     pub fn new(brokers: &str, client_id: &str) -> anyhow::Result<Self> {
-        let inner = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", brokers)
             .set("client.id", client_id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
-            .set("message.timeout.ms", "60000")
+            .set("message.timeout.ms", "60000");
+        let inner = config.create().context("creating the Kafka producer")?;
+        Ok(Self {
+            inner: Arc::new(RwLock::new(inner)),
+            config: Arc::new(config),
+        })
+    }
+
+    fn current(&self) -> FutureProducer {
+        self.inner
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the librdkafka producer with a new one, which gets a new producer id from
+    /// the broker: the way out for an idempotent producer whose broker forgot its id (a
+    /// broker restarted without its data answers every send with UnknownProducerId, and
+    /// librdkafka does not always call that fatal). What the old one still held is purged
+    /// and reported as failed. Counted in `tidewatch_kafka_producer_renewals_total{reason}`.
+    pub fn renew(&self, reason: &'static str) -> anyhow::Result<()> {
+        let fresh: FutureProducer = self
+            .config
             .create()
-            .context("creating the Kafka producer")?;
-        Ok(Self { inner })
+            .context("creating a new Kafka producer")?;
+        let old = std::mem::replace(
+            &mut *self.inner.write().unwrap_or_else(PoisonError::into_inner),
+            fresh,
+        );
+        catalog::KAFKA_PRODUCER_RENEWALS
+            .counter(&[("reason", reason)])
+            .increment(1);
+        // Dropping purges the old queue and waits up to half a second for its callbacks:
+        // not on the caller's (async) thread.
+        std::thread::spawn(move || drop(old));
+        Ok(())
     }
 
     /// Queues one record now (so records are written in the order `send` is called) and
@@ -101,7 +137,10 @@ impl Producer {
         if let Some(key) = &record.key {
             future_record = future_record.key(key);
         }
-        let queued = self.inner.send_result(future_record).map_err(|(e, _)| e);
+        let queued = self
+            .current()
+            .send_result(future_record)
+            .map_err(|(e, _)| e);
         let topic = record.topic.clone();
         let bytes = record.payload.len();
         async move {
@@ -127,7 +166,7 @@ impl Producer {
     /// Asks the cluster for its metadata: the readiness probe. Blocking.
     pub fn probe(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
         use rdkafka::producer::Producer as _;
-        self.inner
+        self.current()
             .client()
             .fetch_metadata(None, timeout)
             .map(drop)
@@ -136,10 +175,10 @@ impl Producer {
 
     /// The error that made the producer unusable, if one did: an idempotent producer whose
     /// broker forgot its producer id (a broker restarted without its data) never delivers
-    /// again, so its owner should stop and be restarted with a new one.
+    /// again, so its owner should renew it, or stop and be restarted with a new one.
     pub fn fatal_error(&self) -> Option<String> {
         use rdkafka::producer::Producer as _;
-        self.inner
+        self.current()
             .client()
             .fatal_error()
             .map(|(code, reason)| format!("{code}: {reason}"))
@@ -148,6 +187,8 @@ impl Producer {
     /// Waits for everything queued to be delivered, for shutdown.
     pub fn flush(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
         use rdkafka::producer::Producer as _;
-        self.inner.flush(timeout).context("flushing the producer")
+        self.current()
+            .flush(timeout)
+            .context("flushing the producer")
     }
 }

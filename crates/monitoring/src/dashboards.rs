@@ -393,10 +393,10 @@ fn pipeline() -> Dashboard {
                 panel("Produce latency, p99", "s", "Time until the broker acknowledged a record, by topic.", &[
                     ("histogram_quantile(0.99, sum by (topic, le) (rate(tidewatch_kafka_produce_duration_seconds_bucket{SEL}[$__rate_interval])))", "{{topic}}"),
                 ]),
-                panel("Produced by outcome", "ops", "Records acknowledged or failed per second, by topic.", &[(
-                    "sum by (topic, outcome) (rate(tidewatch_kafka_produced_total{SEL}[$__rate_interval]))",
-                    "{{topic}} {{outcome}}",
-                )]),
+                panel("Produced by outcome", "ops", "Records acknowledged or failed per second, by topic, and producers replaced by a new one (after a broker that lost its state).", &[
+                    ("sum by (topic, outcome) (rate(tidewatch_kafka_produced_total{SEL}[$__rate_interval]))", "{{topic}} {{outcome}}"),
+                    ("sum by (service, reason) (rate(tidewatch_kafka_producer_renewals_total{SEL}[$__rate_interval]))", "{{service}} producer renewed ({{reason}})"),
+                ]),
                 panel("Commits and rebalances", "ops", "Offset commits by outcome and rebalances by kind.", &[
                     ("sum by (service, outcome) (rate(tidewatch_kafka_commits_total{SEL}[$__rate_interval]))", "{{service}} commit {{outcome}}"),
                     ("sum by (service, kind) (rate(tidewatch_kafka_rebalances_total{SEL}[$__rate_interval]))", "{{service}} {{kind}}"),

@@ -488,6 +488,15 @@ pub const KAFKA_PRODUCED: MetricDef = MetricDef {
     buckets: &[],
     group: Group::Kafka,
 };
+pub const KAFKA_PRODUCER_RENEWALS: MetricDef = MetricDef {
+    name: "tidewatch_kafka_producer_renewals_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["reason"],
+    help: "Times a producer was replaced by a new one (a new producer id), by reason: fatal (librdkafka called it unusable) or stalled (sends failed and none was acknowledged for a while, as after a broker that lost its state).",
+    buckets: &[],
+    group: Group::Kafka,
+};
 pub const KAFKA_PRODUCE_DURATION: MetricDef = MetricDef {
     name: "tidewatch_kafka_produce_duration_seconds",
     kind: MetricKind::Histogram,
@@ -1141,6 +1150,7 @@ pub const ALL: &[&MetricDef] = &[
     &ADMIN_ACTIONS,
     &FAULT_INJECTED,
     &KAFKA_PRODUCED,
+    &KAFKA_PRODUCER_RENEWALS,
     &KAFKA_PRODUCE_DURATION,
     &KAFKA_CONSUMER_LAG,
     &KAFKA_FRESHNESS_LAG,

@@ -10,6 +10,7 @@ pub mod stream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,100 @@ use crate::stream::{anomaly_str, Kind, Mix, RecordStream};
 pub const SERVICE: &str = "generator";
 /// Deliveries awaited at once; beyond this the generator waits for the broker.
 const MAX_IN_FLIGHT: usize = 20_000;
+/// Records waiting or failing with none acknowledged for this long make readiness fail...
+const DELIVERY_STALL_UNREADY: Duration = Duration::from_secs(10);
+/// ...and, while the broker answers, for this long the producer is renewed: a broker
+/// restarted without its state has forgotten the producer id, and librdkafka then either
+/// calls the producer fatal, fails every send, or holds the records until its message
+/// timeout (60 s), depending on timing.
+const DELIVERY_STALL_RENEW: Duration = Duration::from_secs(20);
+
+/// Whether records still reach the broker: records in flight, failures since the last
+/// acknowledgement, and since when nothing was delivered while there was something to
+/// deliver. Shared by the publishing loop (which renews a stalled producer) and the
+/// readiness check.
+#[derive(Debug)]
+struct DeliveryWatch {
+    start: Instant,
+    in_flight: AtomicU64,
+    failed_since_ack: AtomicU64,
+    /// The last acknowledgement, or the first send after an idle spell without failures.
+    progress_ms: AtomicU64,
+}
+
+/// Why records are not being delivered: failed sends and time without progress.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Stall {
+    in_flight: u64,
+    failed: u64,
+    for_: Duration,
+}
+
+impl std::fmt::Display for Stall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "none of the records was acknowledged for {} s ({} in flight, {} failed)",
+            self.for_.as_secs(),
+            self.in_flight,
+            self.failed
+        )
+    }
+}
+
+impl DeliveryWatch {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            in_flight: AtomicU64::new(0),
+            failed_since_ack: AtomicU64::new(0),
+            progress_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn sent(&self) {
+        let idle = self.in_flight.fetch_add(1, Ordering::Relaxed) == 0;
+        if idle && self.failed_since_ack.load(Ordering::Relaxed) == 0 {
+            self.progress_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    fn answered(&self, ok: bool) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if ok {
+            self.restart();
+        } else {
+            self.failed_since_ack.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts the watch over, as after an acknowledgement (or with a new producer).
+    fn restart(&self) {
+        self.progress_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.failed_since_ack.store(0, Ordering::Relaxed);
+    }
+
+    /// `None` while every record sent was acknowledged or is young enough to be.
+    fn stall(&self, at_least: Duration) -> Option<Stall> {
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let failed = self.failed_since_ack.load(Ordering::Relaxed);
+        let for_ = Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.progress_ms.load(Ordering::Relaxed)),
+        );
+        (in_flight + failed > 0 && for_ >= at_least).then_some(Stall {
+            in_flight,
+            failed,
+            for_,
+        })
+    }
+}
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -501,6 +596,24 @@ impl Generator {
             kafka.topic_partitions,
             shutdown.clone(),
         );
+        let watch = Arc::new(DeliveryWatch::new());
+        for reason in ["fatal", "stalled"] {
+            tidewatch_telemetry::catalog::KAFKA_PRODUCER_RENEWALS
+                .counter(&[("reason", reason)])
+                .increment(0);
+        }
+        telemetry.health.register("delivery", Criticality::Critical, {
+            let watch = watch.clone();
+            move || {
+                let stall = watch.stall(DELIVERY_STALL_UNREADY);
+                async move {
+                    match stall {
+                        Some(stall) => ComponentHealth::unhealthy(stall.to_string()),
+                        None => ComponentHealth::healthy("records are acknowledged"),
+                    }
+                }
+            }
+        });
         let probe = producer.clone();
         telemetry
             .health
@@ -542,6 +655,7 @@ impl Generator {
         });
         let outcome = publish(
             &producer,
+            &watch,
             &shared,
             stream,
             &symbols,
@@ -562,9 +676,18 @@ impl Generator {
     }
 }
 
+/// Whether the broker answers a metadata request within 1.5 s.
+async fn broker_answers(producer: &Producer) -> bool {
+    let probe = producer.clone();
+    tokio::task::spawn_blocking(move || probe.probe(Duration::from_millis(1500)).is_ok())
+        .await
+        .unwrap_or(false)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn publish(
     producer: &Producer,
+    watch: &DeliveryWatch,
     shared: &Shared,
     mut stream: RecordStream,
     symbols: &[SymbolSpec],
@@ -612,6 +735,7 @@ async fn publish(
     tracing::info!(rate, time_scale, max_records, "publishing");
     let record_outcome =
         |kind: Kind, ok: bool, acked: &mut HashMap<&'static str, u64>, failed: &mut u64| {
+            watch.answered(ok);
             if ok {
                 metrics.records[&kind].increment(1);
                 *acked.entry(kind.as_str()).or_default() += 1;
@@ -687,6 +811,7 @@ async fn publish(
         }
         let kind = g.kind;
         let delivery = producer.send(&record);
+        watch.sent();
         deliveries.push(async move { (kind, delivery.await.is_ok()) });
         queued += 1;
         second_count += 1;
@@ -699,12 +824,19 @@ async fn publish(
             }
         }
         if second_start.elapsed() >= Duration::from_secs(1) {
-            if let Some(fatal) = producer.fatal_error() {
-                // Nothing will be delivered again; a restart (the container's restart
-                // policy) continues the market with a new producer.
-                save(&stream);
-                tracing::error!(error = fatal, "the producer failed for good; stopping");
-                anyhow::bail!("the Kafka producer failed for good: {fatal}");
+            // The old producer will not deliver again: a new one (a new producer id) does.
+            // A broker that is away is waited for: a new producer would not help.
+            let renew = match (producer.fatal_error(), watch.stall(DELIVERY_STALL_RENEW)) {
+                (Some(fatal), _) => Some(("fatal", fatal)),
+                (None, Some(stall)) if broker_answers(producer).await => {
+                    Some(("stalled", stall.to_string()))
+                }
+                _ => None,
+            };
+            if let Some((reason, error)) = renew {
+                tracing::warn!(reason, error, "renewing the Kafka producer");
+                producer.renew(reason)?;
+                watch.restart();
             }
             let elapsed = second_start.elapsed().as_secs_f64();
             metrics.rate.set(second_count as f64 / elapsed);
@@ -749,6 +881,25 @@ mod tests {
             payload,
             headers: HashMap::new(),
         }
+    }
+
+    #[test]
+    fn delivery_stalls_while_records_wait_or_fail_and_not_once_one_is_acknowledged() {
+        let watch = DeliveryWatch::new();
+        assert_eq!(watch.stall(Duration::ZERO), None, "nothing sent");
+        watch.sent();
+        let waiting = watch.stall(Duration::ZERO).expect("one record waits");
+        assert_eq!((waiting.in_flight, waiting.failed), (1, 0));
+        assert_eq!(watch.stall(Duration::from_secs(3600)), None, "not for an hour yet");
+        watch.answered(true);
+        assert_eq!(watch.stall(Duration::ZERO), None, "acknowledged");
+        watch.sent();
+        watch.answered(false);
+        let failing = watch.stall(Duration::ZERO).expect("a failure since the last ack");
+        assert_eq!((failing.in_flight, failing.failed), (0, 1));
+        assert!(failing.to_string().contains("1 failed"), "{failing}");
+        watch.restart();
+        assert_eq!(watch.stall(Duration::ZERO), None, "a new producer starts over");
     }
 
     #[test]
