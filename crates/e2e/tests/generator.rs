@@ -403,8 +403,13 @@ async fn a_broker_restarted_without_its_state_gets_records_again_from_a_new_prod
         (
             get("tidewatch_kafka_produced_total", &[("outcome", "acked")]),
             get("tidewatch_kafka_produced_total", &[("outcome", "failed")]),
-            get("tidewatch_kafka_producer_renewals_total", &[("reason", "stalled")])
-                + get("tidewatch_kafka_producer_renewals_total", &[("reason", "fatal")]),
+            get(
+                "tidewatch_kafka_producer_renewals_total",
+                &[("reason", "stalled")],
+            ) + get(
+                "tidewatch_kafka_producer_renewals_total",
+                &[("reason", "fatal")],
+            ),
         )
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -412,7 +417,11 @@ async fn a_broker_restarted_without_its_state_gets_records_again_from_a_new_prod
         assert!(Instant::now() < deadline, "{}", generator.log_tail());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(sample().await.2, 0.0, "no renewal while the broker is there");
+    assert_eq!(
+        sample().await.2,
+        0.0,
+        "no renewal while the broker is there"
+    );
 
     tokio::task::block_in_place(|| {
         broker.stop_server().expect("broker stopped");
@@ -452,11 +461,16 @@ async fn a_broker_restarted_without_its_state_gets_records_again_from_a_new_prod
     // or go on failing every send without saying so: then readiness says so until the
     // renewal 20 s later.
     let text = generator.metrics().await.expect("metrics");
-    let stalled = metric(&text, "tidewatch_kafka_producer_renewals_total", &[("reason", "stalled")]);
+    let stalled = metric(
+        &text,
+        "tidewatch_kafka_producer_renewals_total",
+        &[("reason", "stalled")],
+    );
     if stalled.is_some_and(|n| n > 0.0) {
         let unready = unready.expect("readiness said the records were not delivered");
         assert!(
-            unready.contains("delivery") && unready.contains("none of the records was acknowledged"),
+            unready.contains("delivery")
+                && unready.contains("none of the records was acknowledged"),
             "{unready}"
         );
     }
@@ -470,9 +484,20 @@ async fn a_broker_restarted_without_its_state_gets_records_again_from_a_new_prod
     )
     .await
     .expect("read back");
-    assert!(read.len() >= 500, "{} records on the restarted broker", read.len());
+    assert!(
+        read.len() >= 500,
+        "{} records on the restarted broker",
+        read.len()
+    );
     if let Err(e) = generator.wait_ready(Duration::from_secs(30)).await {
-        let health = client.get(generator.url("/health")).send().await.expect("health").text().await.expect("body");
+        let health = client
+            .get(generator.url("/health"))
+            .send()
+            .await
+            .expect("health")
+            .text()
+            .await
+            .expect("body");
         panic!("not ready again: {e:#}\n{health}");
     }
 }

@@ -35,6 +35,30 @@ fn backlog(high_watermark: i64, consumed_to: i64, committed: i64) -> Option<i64>
     Some((high_watermark - position).max(0))
 }
 
+/// Statistics reports (5 s apart) in a row that must find a partition's next offset above
+/// its high watermark before the consumer starts it over.
+const PAST_THE_END_REPORTS: u32 = 3;
+
+/// Whether a partition is being fetched from beyond its end. A real Kafka answers such a
+/// fetch with OFFSET_OUT_OF_RANGE and librdkafka resets the position (`auto.offset.reset`);
+/// tansu answers with no records, and the consumer would wait until the recreated
+/// partition grew past its old position (minutes, with every record before it skipped).
+fn past_the_end(fetch_state: &str, next_offset: i64, high_watermark: i64) -> bool {
+    fetch_state == "active" && high_watermark >= 0 && next_offset > high_watermark
+}
+
+/// Logs and counts a partition found past its end, before its consumer starts it over.
+pub(crate) fn starting_over(topic: &str, partition: i32, position: i64, high_watermark: i64) {
+    tracing::warn!(
+        topic,
+        partition,
+        position,
+        high_watermark,
+        "the partition ends before the position consumed from (the broker lost its data?): consuming it again from the beginning"
+    );
+    catalog::KAFKA_POSITION_RESETS.counter(&[]).increment(1);
+}
+
 /// A change of assignment, for the stage loop to hand to its processor.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AssignmentChange {
@@ -46,6 +70,15 @@ pub enum AssignmentChange {
     Revoked {
         partition: i32,
     },
+    /// An assigned partition whose end is below the position the consumer fetches from,
+    /// report after report: the broker lost the partition's data and created it again. It
+    /// must be consumed again from the beginning.
+    PastTheEnd {
+        topic: String,
+        partition: i32,
+        position: i64,
+        high_watermark: i64,
+    },
 }
 
 pub struct StageContext {
@@ -56,6 +89,8 @@ pub struct StageContext {
     /// partitions is a valid, ready state).
     assigned: AtomicBool,
     changes: Mutex<Vec<AssignmentChange>>,
+    /// Reports in a row that found each partition past its end.
+    past_end: Mutex<HashMap<(String, i32), u32>>,
 }
 
 impl StageContext {
@@ -63,12 +98,14 @@ impl StageContext {
         health.set(ComponentHealth::unhealthy(
             "waiting for a partition assignment",
         ));
+        catalog::KAFKA_POSITION_RESETS.counter(&[]).increment(0);
         Self {
             lag: Mutex::default(),
             commits: CommitCounters::default(),
             health,
             assigned: AtomicBool::new(false),
             changes: Mutex::default(),
+            past_end: Mutex::default(),
         }
     }
 
@@ -120,11 +157,27 @@ impl ClientContext for StageContext {
                 (true, true) => ComponentHealth::healthy("broker reachable, partitions assigned"),
             });
         let mut gauges = self.lag.lock().unwrap_or_else(|e| e.into_inner());
+        let mut past_end = self.past_end.lock().unwrap_or_else(|e| e.into_inner());
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 // -1 is librdkafka's internal "unassigned" partition.
                 if *partition < 0 {
                     continue;
+                }
+                let key = (topic.clone(), *partition);
+                if past_the_end(&p.fetch_state, p.next_offset, p.hi_offset) {
+                    let seen = past_end.entry(key).or_insert(0);
+                    *seen += 1;
+                    if seen.is_multiple_of(PAST_THE_END_REPORTS) {
+                        self.push_change(AssignmentChange::PastTheEnd {
+                            topic: topic.clone(),
+                            partition: *partition,
+                            position: p.next_offset,
+                            high_watermark: p.hi_offset,
+                        });
+                    }
+                } else {
+                    past_end.remove(&key);
                 }
                 let Some(backlog) = backlog(p.hi_offset, p.app_offset, p.committed_offset) else {
                     continue;
@@ -228,7 +281,19 @@ fn describe_offsets(tpl: &TopicPartitionList) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::backlog;
+    use super::{backlog, past_the_end};
+
+    #[test]
+    fn a_partition_is_past_its_end_only_while_fetched_from_beyond_its_high_watermark() {
+        // The broker lost the partition and created it again: 230 records, position 14,001.
+        assert!(past_the_end("active", 14_001, 230));
+        // Caught up: the next offset is the high watermark.
+        assert!(!past_the_end("active", 230, 230));
+        assert!(!past_the_end("active", 100, 230));
+        // Watermark not known yet, or the partition not being fetched.
+        assert!(!past_the_end("active", 14_001, -1));
+        assert!(!past_the_end("offset-query", 14_001, 230));
+    }
 
     #[test]
     fn backlog_counts_from_the_consumed_position_not_the_committed_one() {

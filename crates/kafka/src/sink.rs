@@ -15,10 +15,11 @@ use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::Offset;
 use tidewatch_telemetry::{catalog, ComponentHealth, HealthHandle, Shutdown};
 use tidewatch_web::Faults;
 
-use crate::context::StageContext;
+use crate::context::{starting_over, AssignmentChange, StageContext};
 use crate::dlq::{dead_letter, Code, DLQ_TOPIC};
 use crate::producer::Producer;
 use crate::stage::{
@@ -86,6 +87,30 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Assignment changes matter to stateful stages only, except a partition found past its
+/// end (the broker lost its data), which is consumed again from the beginning.
+fn start_over_past_the_end(consumer: &StreamConsumer<StageContext>) {
+    for change in consumer.context().take_changes() {
+        if let AssignmentChange::PastTheEnd {
+            topic,
+            partition,
+            position,
+            high_watermark,
+        } = change
+        {
+            starting_over(&topic, partition, position, high_watermark);
+            if let Err(e) = consumer.seek(
+                &topic,
+                partition,
+                Offset::Beginning,
+                Duration::from_secs(10),
+            ) {
+                tracing::warn!(topic, partition, error = %e, "seeking to the beginning failed");
+            }
+        }
+    }
+}
+
 /// Runs the sink until `shutdown`; the batch in hand is written (retrying while the store
 /// is away, until shutdown) and its offsets committed before returning. `store_health`
 /// turns unhealthy while a write is failing, which makes the service unready.
@@ -115,6 +140,8 @@ pub async fn run<S: Sink>(
     let mut batch: Vec<Gathered<S::Item>> = Vec::with_capacity(max_batch);
     let mut dead_letters = Vec::new();
     let mut outcome = Ok(());
+    // Changes also come while no message does (a partition found past its end).
+    let mut changes_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         // Gather: until full, lingered long enough, or stopping.
         let deadline = tokio::time::Instant::now() + config.linger;
@@ -126,10 +153,13 @@ pub async fn run<S: Sink>(
                 biased;
                 () = &mut stop => break true,
                 () = tokio::time::sleep_until(deadline), if !batch.is_empty() => break false,
+                _ = changes_tick.tick() => {
+                    start_over_past_the_end(&consumer);
+                    continue;
+                }
                 received = consumer.recv() => received,
             };
-            // Assignment changes matter to stateful stages only; drain them.
-            drop(consumer.context().take_changes());
+            start_over_past_the_end(&consumer);
             let message = match received {
                 Ok(m) => m,
                 Err(e) => {

@@ -25,7 +25,7 @@ use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tidewatch_telemetry::{catalog, HealthHandle, Shutdown};
 use tidewatch_web::Faults;
 
-use crate::context::{AssignmentChange, StageContext};
+use crate::context::{starting_over, AssignmentChange, StageContext};
 use crate::dlq::{dead_letter, Code, ENCODE_FAILED};
 use crate::producer::{ProduceError, Producer, Record};
 
@@ -310,7 +310,9 @@ pub async fn run<P: Processor>(
     tokio::pin!(stop);
     // Partitions moved back to a checkpoint: the first offset to accept.
     let mut skip_before: HashMap<i32, i64> = HashMap::new();
-    let outcome = 'main: loop {
+    // Changes also come while no message does (a partition found past its end).
+    let mut changes_tick = tokio::time::interval(Duration::from_secs(1));
+    let outcome = loop {
         tokio::select! {
             biased;
             () = &mut stop => break Ok(()),
@@ -319,37 +321,14 @@ pub async fn run<P: Processor>(
                     break Err(e);
                 }
             }
+            _ = changes_tick.tick() => {
+                if let Err(e) = apply_changes(&consumer, config, processor, &mut skip_before).await {
+                    break Err(e);
+                }
+            }
             received = consumer.recv(), if pending.len() < config.max_in_flight => {
-                for change in consumer.context().take_changes() {
-                    match change {
-                        AssignmentChange::Assigned { partition, committed } => {
-                            skip_before.remove(&partition);
-                            let watermarks = match consumer.fetch_watermarks(&config.input_topic, partition, Duration::from_secs(5)) {
-                                Ok(w) => Some(w),
-                                Err(e) => {
-                                    tracing::warn!(partition, error = %e, "watermarks unavailable; the checkpoint is not checked against the topic");
-                                    None
-                                }
-                            };
-                            let start = match processor.assigned(partition, committed, watermarks).await {
-                                Ok(start) => start,
-                                Err(e) => break 'main Err(e.context(format!("restoring partition {partition}"))),
-                            };
-                            if let Some(start) = start.filter(|s| Some(*s) != committed) {
-                                // Messages already fetched from the committed offset are
-                                // dropped until the one at `start` arrives.
-                                if let Err(e) = consumer.seek(&config.input_topic, partition, Offset::Offset(start), Duration::from_secs(10)) {
-                                    break 'main Err(anyhow::Error::new(e).context(format!("seeking partition {partition} to {start}")));
-                                }
-                                tracing::info!(partition, start, ?committed, "resuming from the processor's checkpoint");
-                                skip_before.insert(partition, start);
-                            }
-                        }
-                        AssignmentChange::Revoked { partition } => {
-                            skip_before.remove(&partition);
-                            processor.revoked(partition);
-                        }
-                    }
+                if let Err(e) = apply_changes(&consumer, config, processor, &mut skip_before).await {
+                    break Err(e);
                 }
                 let message = match received {
                     Ok(m) => m,
@@ -408,6 +387,116 @@ pub async fn run<P: Processor>(
     producer.flush(Duration::from_secs(10))?;
     tracing::info!(stage = config.stage, "stage stopped, offsets committed");
     outcome
+}
+
+/// Hands the consumer's assignment changes to the processor, oldest first: an assigned
+/// partition is restored from the processor's checkpoint, a revoked one dropped, and one
+/// found past its end (the broker lost its data) is dropped and consumed again from the
+/// beginning, or from where the processor's checkpoint says.
+async fn apply_changes<P: Processor>(
+    consumer: &StreamConsumer<StageContext>,
+    config: &StageConfig,
+    processor: &mut P,
+    skip_before: &mut HashMap<i32, i64>,
+) -> anyhow::Result<()> {
+    for change in consumer.context().take_changes() {
+        match change {
+            AssignmentChange::Assigned {
+                partition,
+                committed,
+            } => {
+                restore(
+                    consumer,
+                    config,
+                    processor,
+                    skip_before,
+                    partition,
+                    committed,
+                    false,
+                )
+                .await?;
+            }
+            AssignmentChange::Revoked { partition } => {
+                skip_before.remove(&partition);
+                processor.revoked(partition);
+            }
+            AssignmentChange::PastTheEnd {
+                topic,
+                partition,
+                position,
+                high_watermark,
+            } => {
+                starting_over(&topic, partition, position, high_watermark);
+                processor.revoked(partition);
+                restore(
+                    consumer,
+                    config,
+                    processor,
+                    skip_before,
+                    partition,
+                    None,
+                    true,
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Asks the processor where `partition` resumes (given its committed offset and the
+/// topic's watermarks) and seeks there; without a checkpoint, a partition `starting_over`
+/// goes to its beginning and any other stays where the consumer put it.
+async fn restore<P: Processor>(
+    consumer: &StreamConsumer<StageContext>,
+    config: &StageConfig,
+    processor: &mut P,
+    skip_before: &mut HashMap<i32, i64>,
+    partition: i32,
+    committed: Option<i64>,
+    starting_over: bool,
+) -> anyhow::Result<()> {
+    skip_before.remove(&partition);
+    let watermarks = match consumer.fetch_watermarks(
+        &config.input_topic,
+        partition,
+        Duration::from_secs(5),
+    ) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(partition, error = %e, "watermarks unavailable; the checkpoint is not checked against the topic");
+            None
+        }
+    };
+    let start = processor
+        .assigned(partition, committed, watermarks)
+        .await
+        .with_context(|| format!("restoring partition {partition}"))?;
+    let target = match (start.filter(|s| Some(*s) != committed), starting_over) {
+        (Some(start), _) => Offset::Offset(start),
+        (None, true) => Offset::Beginning,
+        (None, false) => return Ok(()),
+    };
+    consumer
+        .seek(
+            &config.input_topic,
+            partition,
+            target,
+            Duration::from_secs(10),
+        )
+        .with_context(|| format!("seeking partition {partition} to {target:?}"))?;
+    if let Offset::Offset(start) = target {
+        // Messages already fetched from the committed offset are dropped until the one
+        // at `start` arrives.
+        tracing::info!(
+            partition,
+            start,
+            ?committed,
+            "resuming from the processor's checkpoint"
+        );
+        skip_before.insert(partition, start);
+    }
+    Ok(())
 }
 
 /// A consumer in `group`, subscribed to `topics`, configured for at-least-once: auto-commit

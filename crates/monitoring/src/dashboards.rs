@@ -411,8 +411,9 @@ fn pipeline() -> Dashboard {
                     ("sum(rate(tidewatch_duplicate_trades_total{SEL}[$__rate_interval]))", "duplicates"),
                     ("sum(rate(tidewatch_replayed_messages_total{SEL}[$__rate_interval]))", "replayed"),
                 ]),
-                panel("Checkpoint resets, last hour", "short", "Checkpoints the topic no longer held (broker data lost) and aggregate started over from.", &[
+                panel("Starting over, last hour", "short", "Checkpoints the topic no longer held and aggregate started over from, and partitions a consumer found itself past the end of and consumed again from the beginning: both mean the broker lost data.", &[
                     ("sum(increase(tidewatch_checkpoint_resets_total{SEL}[1h]))", "checkpoint resets"),
+                    ("sum(increase(tidewatch_kafka_position_resets_total{SEL}[1h]))", "position resets"),
                 ]).stat().red_above(1.0),
             ]),
         ],

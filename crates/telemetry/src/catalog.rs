@@ -497,6 +497,15 @@ pub const KAFKA_PRODUCER_RENEWALS: MetricDef = MetricDef {
     buckets: &[],
     group: Group::Kafka,
 };
+pub const KAFKA_POSITION_RESETS: MetricDef = MetricDef {
+    name: "tidewatch_kafka_position_resets_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &[],
+    help: "Partitions a consumer found itself past the end of (its next offset above the high watermark for 15 s: the broker lost the partition's data and recreated it), consumed again from the beginning.",
+    buckets: &[],
+    group: Group::Kafka,
+};
 pub const KAFKA_PRODUCE_DURATION: MetricDef = MetricDef {
     name: "tidewatch_kafka_produce_duration_seconds",
     kind: MetricKind::Histogram,
@@ -1151,6 +1160,7 @@ pub const ALL: &[&MetricDef] = &[
     &FAULT_INJECTED,
     &KAFKA_PRODUCED,
     &KAFKA_PRODUCER_RENEWALS,
+    &KAFKA_POSITION_RESETS,
     &KAFKA_PRODUCE_DURATION,
     &KAFKA_CONSUMER_LAG,
     &KAFKA_FRESHNESS_LAG,

@@ -602,18 +602,20 @@ impl Generator {
                 .counter(&[("reason", reason)])
                 .increment(0);
         }
-        telemetry.health.register("delivery", Criticality::Critical, {
-            let watch = watch.clone();
-            move || {
-                let stall = watch.stall(DELIVERY_STALL_UNREADY);
-                async move {
-                    match stall {
-                        Some(stall) => ComponentHealth::unhealthy(stall.to_string()),
-                        None => ComponentHealth::healthy("records are acknowledged"),
+        telemetry
+            .health
+            .register("delivery", Criticality::Critical, {
+                let watch = watch.clone();
+                move || {
+                    let stall = watch.stall(DELIVERY_STALL_UNREADY);
+                    async move {
+                        match stall {
+                            Some(stall) => ComponentHealth::unhealthy(stall.to_string()),
+                            None => ComponentHealth::healthy("records are acknowledged"),
+                        }
                     }
                 }
-            }
-        });
+            });
         let probe = producer.clone();
         telemetry
             .health
@@ -890,16 +892,26 @@ mod tests {
         watch.sent();
         let waiting = watch.stall(Duration::ZERO).expect("one record waits");
         assert_eq!((waiting.in_flight, waiting.failed), (1, 0));
-        assert_eq!(watch.stall(Duration::from_secs(3600)), None, "not for an hour yet");
+        assert_eq!(
+            watch.stall(Duration::from_secs(3600)),
+            None,
+            "not for an hour yet"
+        );
         watch.answered(true);
         assert_eq!(watch.stall(Duration::ZERO), None, "acknowledged");
         watch.sent();
         watch.answered(false);
-        let failing = watch.stall(Duration::ZERO).expect("a failure since the last ack");
+        let failing = watch
+            .stall(Duration::ZERO)
+            .expect("a failure since the last ack");
         assert_eq!((failing.in_flight, failing.failed), (0, 1));
         assert!(failing.to_string().contains("1 failed"), "{failing}");
         watch.restart();
-        assert_eq!(watch.stall(Duration::ZERO), None, "a new producer starts over");
+        assert_eq!(
+            watch.stall(Duration::ZERO),
+            None,
+            "a new producer starts over"
+        );
     }
 
     #[test]
