@@ -19,13 +19,13 @@ use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
+use crate::error::ApiError;
+
 /// The most of an oversized body read (and discarded) so that its sender sees the 413;
 /// beyond it the connection is closed unread.
 pub const DISCARD_LIMIT_BYTES: u64 = 16 * 1024 * 1024;
 /// The longest an oversized body is read for before the 413 is sent anyway.
 pub const DISCARD_TIMEOUT: Duration = Duration::from_secs(10);
-
-use crate::error::ApiError;
 
 /// Router state that knows how large a request body may be.
 pub trait BodyLimit {
@@ -85,8 +85,8 @@ async fn read_json_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let mut body = req.into_body();
-    if declared.is_some_and(|n| n > limit as u64) {
-        if declared.is_some_and(|n| n <= DISCARD_LIMIT_BYTES) {
+    if let Some(declared) = declared.filter(|&n| n > limit as u64) {
+        if declared <= DISCARD_LIMIT_BYTES {
             discard(body, 0).await;
         }
         return Err(too_large());

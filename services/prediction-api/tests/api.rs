@@ -351,49 +351,53 @@ async fn an_oversized_body_gets_a_413_json_error_whatever_the_client() {
 
     let path = std::env::temp_dir().join(format!("tidewatch-413-{}.json", std::process::id()));
     std::fs::write(&path, &body).expect("body file");
-    // urllib sends headers and the whole body, then reads; an HTTP error status is raised as
-    // HTTPError, anything else (a broken pipe, a reset) fails the script.
+    // Each prints the response body, a newline and the status code. urllib sends headers and
+    // the whole body, then reads; an HTTP error status is raised as HTTPError, anything else
+    // (a broken pipe, a reset) fails the script.
     let urllib = r#"
 import sys, urllib.request, urllib.error
 req = urllib.request.Request(sys.argv[1], data=open(sys.argv[2], "rb").read(),
                              headers={"Content-Type": "application/json"})
 try:
     with urllib.request.urlopen(req, timeout=30) as r:
-        print(r.status); print(r.read().decode())
+        sys.stdout.write(r.read().decode() + "\n" + str(r.status))
 except urllib.error.HTTPError as e:
-    print(e.code); print(e.read().decode())
+    sys.stdout.write(e.read().decode() + "\n" + str(e.code))
 "#;
-    let out = tokio::process::Command::new("python3")
-        .args(["-c", urllib, &url])
-        .arg(&path)
-        .output()
-        .await
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let (status, text) = stdout
-        .split_once('\n')
-        .unwrap_or_else(|| panic!("urllib: {}", String::from_utf8_lossy(&out.stderr)));
-    check("urllib", status.trim().parse().expect("status"), text);
-
-    let out = tokio::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-H",
-            "content-type: application/json",
-            "-w",
-            "\n%{http_code}",
-        ])
-        .arg("--data-binary")
-        .arg(format!("@{}", path.display()))
-        .arg(&url)
-        .output()
-        .await
-        .expect("curl runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let (text, status) = stdout
-        .rsplit_once('\n')
-        .unwrap_or_else(|| panic!("curl: {}", String::from_utf8_lossy(&out.stderr)));
-    check("curl", status.trim().parse().expect("status"), text);
+    let data = format!("@{}", path.display());
+    let clients: [(&str, &str, Vec<&str>); 2] = [
+        (
+            "urllib",
+            "python3",
+            vec!["-c", urllib, &url, path.to_str().expect("utf-8 path")],
+        ),
+        (
+            "curl",
+            "curl",
+            vec![
+                "-sS",
+                "-H",
+                "content-type: application/json",
+                "-w",
+                "\n%{http_code}",
+                "--data-binary",
+                &data,
+                &url,
+            ],
+        ),
+    ];
+    for (client, program, args) in clients {
+        let out = tokio::process::Command::new(program)
+            .args(args)
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let (text, status) = stdout
+            .rsplit_once('\n')
+            .unwrap_or_else(|| panic!("{client}: {}", String::from_utf8_lossy(&out.stderr)));
+        check(client, status.trim().parse().expect("status"), text);
+    }
     let _ = std::fs::remove_file(&path);
 }
 
