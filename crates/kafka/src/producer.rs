@@ -81,6 +81,11 @@ impl Producer {
             .set("linger.ms", "5")
             .set("message.timeout.ms", "60000");
         let inner = config.create().context("creating the Kafka producer")?;
+        for reason in ["fatal", "stalled"] {
+            catalog::KAFKA_PRODUCER_RENEWALS
+                .counter(&[("reason", reason)])
+                .increment(0);
+        }
         Ok(Self {
             inner: Arc::new(RwLock::new(inner)),
             config: Arc::new(config),

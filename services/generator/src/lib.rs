@@ -597,11 +597,6 @@ impl Generator {
             shutdown.clone(),
         );
         let watch = Arc::new(DeliveryWatch::new());
-        for reason in ["fatal", "stalled"] {
-            tidewatch_telemetry::catalog::KAFKA_PRODUCER_RENEWALS
-                .counter(&[("reason", reason)])
-                .increment(0);
-        }
         telemetry
             .health
             .register("delivery", Criticality::Critical, {
