@@ -506,16 +506,10 @@ impl PrivateBroker {
             let _ = child.kill();
             child.wait().context("waiting for tansu to exit")?;
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpListener::bind(("127.0.0.1", self.port)).is_err() {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "port {} still taken 30 s after tansu exited",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
+        let port = self.port;
+        within_30_s(&format!("port {port} free after tansu exited"), || {
+            TcpListener::bind(("127.0.0.1", port)).is_ok()
+        })
     }
 
     /// Starts tansu on the same port and waits until it accepts connections.
@@ -535,17 +529,21 @@ impl PrivateBroker {
             .spawn()
             .context("starting tansu (scripts/test installs it)")?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "tansu did not listen on {} within 30 s",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
+        let port = self.port;
+        within_30_s(&format!("tansu listening on {port}"), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
     }
+}
+
+/// Polls `done` every 100 ms for up to 30 s.
+fn within_30_s(what: &str, done: impl Fn() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        anyhow::ensure!(Instant::now() < deadline, "not {what} within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 impl Drop for PrivateBroker {

@@ -400,25 +400,15 @@ async fn apply_changes<P: Processor>(
     skip_before: &mut HashMap<i32, i64>,
 ) -> anyhow::Result<()> {
     for change in consumer.context().take_changes() {
-        match change {
+        let (partition, committed, from_beginning) = match change {
             AssignmentChange::Assigned {
                 partition,
                 committed,
-            } => {
-                restore(
-                    consumer,
-                    config,
-                    processor,
-                    skip_before,
-                    partition,
-                    committed,
-                    false,
-                )
-                .await?;
-            }
+            } => (partition, committed, false),
             AssignmentChange::Revoked { partition } => {
                 skip_before.remove(&partition);
                 processor.revoked(partition);
+                continue;
             }
             AssignmentChange::PastTheEnd {
                 topic,
@@ -428,18 +418,19 @@ async fn apply_changes<P: Processor>(
             } => {
                 starting_over(&topic, partition, position, high_watermark);
                 processor.revoked(partition);
-                restore(
-                    consumer,
-                    config,
-                    processor,
-                    skip_before,
-                    partition,
-                    None,
-                    true,
-                )
-                .await?;
+                (partition, None, true)
             }
-        }
+        };
+        restore(
+            consumer,
+            config,
+            processor,
+            skip_before,
+            partition,
+            committed,
+            from_beginning,
+        )
+        .await?;
     }
     Ok(())
 }
