@@ -436,8 +436,8 @@ async fn apply_changes<P: Processor>(
 }
 
 /// Asks the processor where `partition` resumes (given its committed offset and the
-/// topic's watermarks) and seeks there; without a checkpoint, a partition `starting_over`
-/// goes to its beginning and any other stays where the consumer put it.
+/// topic's watermarks) and seeks there; without a checkpoint, a partition read again
+/// `from_beginning` goes to its beginning and any other stays where the consumer put it.
 async fn restore<P: Processor>(
     consumer: &StreamConsumer<StageContext>,
     config: &StageConfig,
@@ -445,7 +445,7 @@ async fn restore<P: Processor>(
     skip_before: &mut HashMap<i32, i64>,
     partition: i32,
     committed: Option<i64>,
-    starting_over: bool,
+    from_beginning: bool,
 ) -> anyhow::Result<()> {
     skip_before.remove(&partition);
     let watermarks = match consumer.fetch_watermarks(
@@ -463,7 +463,7 @@ async fn restore<P: Processor>(
         .assigned(partition, committed, watermarks)
         .await
         .with_context(|| format!("restoring partition {partition}"))?;
-    let target = match (start.filter(|s| Some(*s) != committed), starting_over) {
+    let target = match (start.filter(|s| Some(*s) != committed), from_beginning) {
         (Some(start), _) => Offset::Offset(start),
         (None, true) => Offset::Beginning,
         (None, false) => return Ok(()),
