@@ -458,8 +458,8 @@ async fn a_broker_restarted_without_its_state_gets_records_again_from_a_new_prod
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // librdkafka may call the refused producer id fatal at once (renewed within a second),
-    // or go on failing every send without saying so: then readiness says so until the
-    // renewal 20 s later.
+    // or go on failing or holding every record without saying so: then readiness fails
+    // after 10 s, until the renewal at 20 s.
     let text = generator.metrics().await.expect("metrics");
     let stalled = metric(
         &text,
