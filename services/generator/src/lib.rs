@@ -617,16 +617,9 @@ impl Generator {
             .register("broker", Criticality::Critical, move || {
                 let probe = probe.clone();
                 async move {
-                    match tokio::task::spawn_blocking(move || {
-                        probe.probe(Duration::from_millis(1500))
-                    })
-                    .await
-                    {
-                        Ok(Ok(())) => ComponentHealth::healthy("broker reachable"),
-                        Ok(Err(e)) => {
-                            ComponentHealth::unhealthy(format!("broker unreachable: {e:#}"))
-                        }
-                        Err(e) => ComponentHealth::unhealthy(format!("probe failed: {e}")),
+                    match probe_broker(&probe).await {
+                        Ok(()) => ComponentHealth::healthy("broker reachable"),
+                        Err(e) => ComponentHealth::unhealthy(format!("broker unreachable: {e:#}")),
                     }
                 }
             });
@@ -673,12 +666,13 @@ impl Generator {
     }
 }
 
-/// Whether the broker answers a metadata request within 1.5 s.
-async fn broker_answers(producer: &Producer) -> bool {
+/// Asks the broker for its metadata (within 1.5 s), on a blocking thread: readiness, and
+/// whether renewing a stalled producer can help.
+async fn probe_broker(producer: &Producer) -> anyhow::Result<()> {
     let probe = producer.clone();
-    tokio::task::spawn_blocking(move || probe.probe(Duration::from_millis(1500)).is_ok())
+    tokio::task::spawn_blocking(move || probe.probe(Duration::from_millis(1500)))
         .await
-        .unwrap_or(false)
+        .context("the probe's thread")?
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -825,7 +819,7 @@ async fn publish(
             // A broker that is away is waited for: a new producer would not help.
             let renew = match (producer.fatal_error(), watch.stall(DELIVERY_STALL_RENEW)) {
                 (Some(fatal), _) => Some(("fatal", fatal)),
-                (None, Some(stall)) if broker_answers(producer).await => {
+                (None, Some(stall)) if probe_broker(producer).await.is_ok() => {
                     Some(("stalled", stall.to_string()))
                 }
                 _ => None,
