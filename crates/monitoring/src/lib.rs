@@ -1,6 +1,7 @@
 //! Monitoring as code, and the checks that keep monitoring files honest.
 //!
 //! - [`dashboards`]: the Grafana dashboards, written in Rust and rendered to JSON.
+//! - [`kubernetes`]: the Kubernetes base, generated from docker-compose.yml and the rules.
 //! - [`Spec`]: `monitoring/slo/slos.yml`, the one place SLOs are declared.
 //! - [`generate`]: the spec as Prometheus rules, after the Google SRE workbook's
 //!   multi-window, multi-burn-rate alerts: SLI error ratios over every window the alerts
@@ -12,6 +13,7 @@
 //!   and the expressions of a rules file, so a test can prove every one is catalogued.
 
 pub mod dashboards;
+pub mod kubernetes;
 pub mod report;
 
 use std::collections::BTreeSet;

@@ -1,12 +1,12 @@
-//! `cargo run -p tidewatch-monitoring -- generate` writes the SLO rules (from the spec) and
-//! the Grafana dashboards (from `dashboards.rs`); `... -- check` fails if a committed file
-//! is out of date; `... -- slo-report --prometheus URL [--json]` prints every SLO's
+//! `cargo run -p tidewatch-monitoring -- generate` writes the SLO rules (from the spec), the
+//! Grafana dashboards (from `dashboards.rs`) and the Kubernetes base (from compose and the
+//! rules); `... -- check` fails if a committed file is out of date; `... -- slo-report --prometheus URL [--json]` prints every SLO's
 //! objective, SLI, budget, burn rates and state from a live Prometheus.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use tidewatch_monitoring::{dashboards, generate, report, Spec, GENERATED_RULES, SPEC};
+use tidewatch_monitoring::{dashboards, generate, kubernetes, report, Spec, GENERATED_RULES, SPEC};
 
 /// Every generated file: its path under the workspace root and its text.
 fn outputs(root: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
@@ -21,6 +21,7 @@ fn outputs(root: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
             dashboards::file_text(&d),
         ));
     }
+    out.extend(kubernetes::manifests(root)?);
     Ok(out)
 }
 

@@ -1,14 +1,17 @@
 //! The monitoring files agree with the code: the generated SLO rules are current, every
 //! metric a rule reads is in the catalogue (or produced by a rule, or by Prometheus itself),
-//! and every alert carries the labels and annotations the runbook and routing rely on.
+//! every alert carries the labels and annotations the runbook and routing rely on, and the
+//! Kubernetes base is current with compose and probes paths every service serves.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tidewatch_monitoring::{
-    dashboards, generate, metric_names, rule_expressions, Spec, GENERATED_RULES, SPEC,
+    dashboards, generate, kubernetes, metric_names, rule_expressions, Spec, GENERATED_RULES, SPEC,
 };
-use tidewatch_telemetry::catalog;
+use tidewatch_telemetry::server::{ops_router, serve};
+use tidewatch_telemetry::{catalog, BuildInfo, Shutdown, Telemetry};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -336,4 +339,51 @@ fn every_catalogued_metric_is_on_a_dashboard_or_in_a_rule_and_every_named_metric
         unused.is_empty(),
         "catalogued but on no dashboard, in no rule, and not listed as deliberately unused: {unused:?}"
     );
+}
+
+/// The committed Kubernetes base is what compose and the rule files generate today.
+#[test]
+fn the_committed_kubernetes_manifests_are_current_with_compose_and_the_rules() {
+    for (path, text) in kubernetes::manifests(&root()).expect("the manifests generate") {
+        let on_disk = read(path.to_str().expect("a UTF-8 path"));
+        assert!(
+            on_disk == text,
+            "{} is out of date: run `cargo run -p tidewatch-monitoring -- generate`",
+            path.display()
+        );
+    }
+}
+
+/// The manifests' probes and scrape path are routes every service serves (each merges
+/// `ops_router`): a route renamed in the code cannot leave a cluster probing a 404.
+#[tokio::test]
+async fn the_kubernetes_probe_and_scrape_paths_are_served_by_every_service() {
+    let telemetry = Telemetry::new(BuildInfo::new("probe-paths", "0.0.0")).expect("telemetry");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let address = listener.local_addr().expect("its address");
+    let shutdown = Shutdown::new();
+    let server = {
+        let (telemetry, shutdown) = (telemetry.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            serve(
+                listener,
+                ops_router(telemetry.clone()),
+                &telemetry,
+                shutdown,
+                Duration::from_secs(1),
+            )
+            .await
+        })
+    };
+    for path in [kubernetes::LIVE, kubernetes::READY, kubernetes::METRICS] {
+        let status = reqwest::get(format!("http://{address}{path}"))
+            .await
+            .expect("an answer")
+            .status();
+        assert!(status.is_success(), "{path} answered {status}");
+    }
+    shutdown.trigger();
+    server.await.expect("the server task").expect("the server");
 }
