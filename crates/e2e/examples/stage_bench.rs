@@ -8,9 +8,19 @@
 //! stage's real loop and processor (`tidewatch_kafka::stage::run`), metrics recorder
 //! installed. Each side's time runs from the first `recv` to the last acknowledgement.
 //!
+//! Then each stage runs as 1, 2 and 3 instances in one consumer group (one process: the
+//! instances share the machine's cores), printing events per second side by side and the
+//! messages processed twice; and as 3 instances of which one is dropped after a third of
+//! the messages, printing how long the others take to process its partitions.
+//!
 //! Needs TIDEWATCH_KAFKA_BROKERS and DATABASE_URL (scripts/bench-pipeline sets both).
 //!   cargo run --release -p tidewatch-e2e --example stage_bench -- [messages] [rounds]
 
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
@@ -29,21 +39,90 @@ use tidewatch_telemetry::{BuildInfo, ComponentHealth, Criticality, Shutdown, Tel
 /// A message to prefill: key and payload.
 type Keyed = (String, Vec<u8>);
 
-/// Stops the stage once it has processed `target` messages.
+/// What the instances of one consumer group share: how many messages they processed
+/// together, when the group formed (every instance holds a partition) and how many were
+/// processed by then, when the `target`-th was processed, which (partition, offset) pairs
+/// were seen (a second sighting is a redelivery), and the instance that was stopped.
+struct Group {
+    target: usize,
+    seen: AtomicUsize,
+    created: Instant,
+    assignments: Vec<Arc<Mutex<BTreeSet<i32>>>>,
+    formed: OnceLock<(Instant, usize)>,
+    finished: OnceLock<Instant>,
+    sightings: Mutex<HashSet<(i32, i64)>>,
+    redelivered: AtomicUsize,
+    stopped: Mutex<Option<Stopped>>,
+}
+
+/// The instance stopped mid-stream: when, what it held, and when another instance first
+/// processed each of those partitions afterwards.
+struct Stopped {
+    at: Instant,
+    instance: usize,
+    partitions: BTreeSet<i32>,
+    resumed: BTreeMap<i32, Instant>,
+}
+
+impl Group {
+    fn new(target: usize, assignments: Vec<Arc<Mutex<BTreeSet<i32>>>>) -> Self {
+        Self {
+            target,
+            seen: AtomicUsize::new(0),
+            created: Instant::now(),
+            assignments,
+            formed: OnceLock::new(),
+            finished: OnceLock::new(),
+            sightings: Mutex::new(HashSet::new()),
+            redelivered: AtomicUsize::new(0),
+            stopped: Mutex::new(None),
+        }
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One instance's processor: counts for its group and stops the group at its target.
 struct Counting<P> {
     inner: P,
-    seen: usize,
-    target: usize,
+    instance: usize,
+    group: Arc<Group>,
+    /// The partitions this instance holds now (read when it is stopped).
+    assignment: Arc<Mutex<BTreeSet<i32>>>,
     shutdown: Shutdown,
-    started: Option<Instant>,
 }
 
 impl<P: Processor> Processor for Counting<P> {
     async fn process(&mut self, input: &Input<'_>) -> Outcome {
-        self.started.get_or_insert_with(Instant::now);
+        if self.group.formed.get().is_none() {
+            if self
+                .group
+                .assignments
+                .iter()
+                .all(|a| !Group::lock(a).is_empty())
+            {
+                let seen = self.group.seen.load(Ordering::Relaxed);
+                self.group.formed.get_or_init(|| (Instant::now(), seen));
+            } else {
+                // Until every instance holds a partition, the first one to get them all
+                // creeps: the measurement is of the formed group, not of one instance.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let now = Instant::now();
         let outcome = self.inner.process(input).await;
-        self.seen += 1;
-        if self.seen == self.target {
+        if !Group::lock(&self.group.sightings).insert((input.partition, input.offset)) {
+            self.group.redelivered.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(stopped) = Group::lock(&self.group.stopped).as_mut() {
+            if stopped.instance != self.instance && stopped.partitions.contains(&input.partition) {
+                stopped.resumed.entry(input.partition).or_insert(now);
+            }
+        }
+        if self.group.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.group.target {
+            self.group.finished.get_or_init(Instant::now);
             self.shutdown.trigger();
         }
         outcome
@@ -60,9 +139,11 @@ impl<P: Processor> Processor for Counting<P> {
         committed: Option<i64>,
         watermarks: Option<(i64, i64)>,
     ) -> anyhow::Result<Option<i64>> {
+        Group::lock(&self.assignment).insert(partition);
         self.inner.assigned(partition, committed, watermarks).await
     }
     fn revoked(&mut self, partition: i32) {
+        Group::lock(&self.assignment).remove(&partition);
         self.inner.revoked(partition);
     }
 }
@@ -113,41 +194,131 @@ async fn passthrough(brokers: &str, input: &str, output: &str, n: usize) -> anyh
     Ok(n as f64 / start.map_or(1.0, |s| s.elapsed().as_secs_f64()))
 }
 
-async fn stage<P: Processor>(
+/// What one run of a stage's consumer group measured.
+struct Run {
+    /// From the instances' start until each held a partition.
+    formed_after: Duration,
+    /// Over the messages processed once the group had formed.
+    events_per_second: f64,
+    redelivered: usize,
+    /// With an instance stopped mid-stream: how many partitions it held, and the time from
+    /// its stop until the others had processed a message of each (none: some partition
+    /// had nothing left to process).
+    rebalance: Option<(usize, Option<Duration>)>,
+}
+
+/// Runs `instances` instances of a stage (the real loop, each with its own producer) in one
+/// consumer group until together they processed `n` messages; with `stop_one`, the last
+/// instance is dropped once a third of them are through and it holds a partition: its
+/// consumer closes and leaves the group, the others take its partitions over.
+async fn group<P: Processor>(
     brokers: &str,
     name: &'static str,
     input: &str,
-    processor: P,
+    processors: Vec<P>,
     n: usize,
+    stop_one: bool,
     health: &tidewatch_telemetry::Health,
-) -> anyhow::Result<f64> {
-    let producer = Producer::new(brokers, name)?;
+) -> anyhow::Result<Run> {
+    let instances = processors.len();
+    let assignments: Vec<_> = (0..instances)
+        .map(|_| Arc::new(Mutex::new(BTreeSet::new())))
+        .collect();
+    let group = Arc::new(Group::new(n, assignments.clone()));
+    let group_id = unique("bench-stage");
     let shutdown = Shutdown::new();
-    let config = StageConfig {
-        stage: name,
-        brokers: brokers.to_owned(),
-        group_id: unique("bench-stage"),
-        input_topic: input.to_owned(),
-        max_in_flight: 1000,
-        session_timeout_ms: 10_000,
-        options: Vec::new(),
-        faults: tidewatch_web::Faults::new(&[]),
+    let mut stops = Vec::new();
+    let mut runs: Vec<Pin<Box<dyn Future<Output = anyhow::Result<()>>>>> = Vec::new();
+    for (instance, processor) in processors.into_iter().enumerate() {
+        let config = StageConfig {
+            stage: name,
+            brokers: brokers.to_owned(),
+            group_id: group_id.clone(),
+            input_topic: input.to_owned(),
+            max_in_flight: 1000,
+            session_timeout_ms: 10_000,
+            options: Vec::new(),
+            faults: tidewatch_web::Faults::new(&[]),
+        };
+        let handle = health.handle(
+            "broker",
+            Criticality::Critical,
+            ComponentHealth::healthy("bench"),
+        );
+        let assignment = assignments[instance].clone();
+        let stop = Shutdown::new();
+        stops.push(stop.clone());
+        let mut counting = Counting {
+            inner: processor,
+            instance,
+            group: group.clone(),
+            assignment,
+            shutdown: shutdown.clone(),
+        };
+        let (producer, shutdown) = (Producer::new(brokers, name)?, shutdown.clone());
+        runs.push(Box::pin(async move {
+            tokio::select! {
+                r = tidewatch_kafka::stage::run(&config, &producer, &mut counting, &shutdown, &handle) => r,
+                // Dropped mid-flight: nothing more is acknowledged or stored by it.
+                () = stop.cancelled() => Ok(()),
+            }
+        }));
+    }
+    if stop_one {
+        let (group, assignment, stop) = (
+            group.clone(),
+            assignments[instances - 1].clone(),
+            stops[instances - 1].clone(),
+        );
+        runs.push(Box::pin(async move {
+            // After a third of the messages, once it holds a partition (the group may
+            // still be forming then).
+            while group.seen.load(Ordering::Relaxed) < group.target / 3
+                || Group::lock(&assignment).is_empty()
+            {
+                if group.finished.get().is_some() {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            *Group::lock(&group.stopped) = Some(Stopped {
+                at: Instant::now(),
+                instance: instances - 1,
+                partitions: Group::lock(&assignment).clone(),
+                resumed: BTreeMap::new(),
+            });
+            stop.trigger();
+            Ok(())
+        }));
+    }
+    for r in futures::future::join_all(runs).await {
+        r?;
+    }
+    let seen = group.seen.load(Ordering::Relaxed);
+    anyhow::ensure!(seen >= n, "the group processed {seen} of {n}");
+    let (Some(&(formed, before)), Some(finished)) = (group.formed.get(), group.finished.get())
+    else {
+        anyhow::bail!(
+            "the group of {instances} never formed before its {n} messages were processed"
+        );
     };
-    let handle = health.handle(
-        "broker",
-        Criticality::Critical,
-        ComponentHealth::healthy("bench"),
+    anyhow::ensure!(
+        n - before >= n / 2,
+        "the group of {instances} formed after {before} of {n} messages: too late to measure"
     );
-    let mut counting = Counting {
-        inner: processor,
-        seen: 0,
-        target: n,
-        shutdown: shutdown.clone(),
-        started: None,
-    };
-    tidewatch_kafka::stage::run(&config, &producer, &mut counting, &shutdown, &handle).await?;
-    anyhow::ensure!(counting.seen == n, "stage saw {} of {n}", counting.seen);
-    Ok(n as f64 / counting.started.map_or(1.0, |s| s.elapsed().as_secs_f64()))
+    let rebalance = Group::lock(&group.stopped).as_ref().map(|s| {
+        let last = s.resumed.values().max();
+        let took = last
+            .filter(|_| s.resumed.len() == s.partitions.len())
+            .map(|l| l.duration_since(s.at));
+        (s.partitions.len(), took)
+    });
+    Ok(Run {
+        formed_after: formed.duration_since(group.created),
+        events_per_second: (n - before) as f64 / finished.duration_since(formed).as_secs_f64(),
+        redelivered: group.redelivered.load(Ordering::Relaxed),
+        rebalance,
+    })
 }
 
 async fn fill(brokers: &str, topic: &str, records: Vec<(String, Vec<u8>)>) -> anyhow::Result<()> {
@@ -165,6 +336,88 @@ async fn fill(brokers: &str, topic: &str, records: Vec<(String, Vec<u8>)>) -> an
     Ok(())
 }
 
+/// One run of `name`'s consumer group with `instances` instances over `topic`.
+async fn run_stage(
+    brokers: &str,
+    name: &'static str,
+    topic: &str,
+    n: usize,
+    instances: usize,
+    stop_one: bool,
+    telemetry: &Telemetry,
+) -> anyhow::Result<Run> {
+    let out = format!("{topic}-out");
+    let health = &telemetry.health;
+    match name {
+        "normalize" => {
+            let processors = (0..instances)
+                .map(|_| normalize::Normalize::new(out.clone()))
+                .collect();
+            group(brokers, name, topic, processors, n, stop_one, health).await
+        }
+        "enrich" => {
+            let settings = enrich::Settings::try_parse_from(["enrich", "--output-topic", &out])?;
+            let mut processors = Vec::new();
+            for _ in 0..instances {
+                processors.push(enrich::build(&settings, telemetry, Shutdown::new()).await?);
+            }
+            group(brokers, name, topic, processors, n, stop_one, health).await
+        }
+        _ => {
+            let settings = aggregate::Settings::try_parse_from([
+                "aggregate",
+                "--bars-topic",
+                &out,
+                "--features-topic",
+                &format!("{out}-f"),
+            ])?;
+            let pool = tidewatch_db::connect_and_migrate(&settings.database).await?;
+            // One checkpoint namespace for the group: a partition that moves resumes from
+            // the checkpoint its previous owner wrote.
+            let checkpoints = unique("bench");
+            let processors = (0..instances)
+                .map(|_| {
+                    let store = aggregate::checkpoint::CheckpointStore::new(
+                        pool.clone(),
+                        checkpoints.clone(),
+                        topic.to_owned(),
+                    );
+                    aggregate::Aggregate::new(&settings, store)
+                })
+                .collect();
+            group(brokers, name, topic, processors, n, stop_one, health).await
+        }
+    }
+}
+
+/// Fills `topic` with one record per record batch.
+async fn fill_unbatched(brokers: &str, topic: &str, records: &[Keyed]) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .create()?;
+    let mut pending = FuturesUnordered::new();
+    for (key, payload) in records {
+        let record = FutureRecord::to(topic)
+            .key(key.as_bytes())
+            .payload(payload.as_slice());
+        match producer.send_result(record) {
+            Ok(d) => pending.push(d),
+            Err((e, _)) => anyhow::bail!("produce failed: {e}"),
+        }
+        while pending.len() > 5000 {
+            if let Some(d) = pending.next().await {
+                d?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    while let Some(d) = pending.next().await {
+        d?.map_err(|(e, _)| e)?;
+    }
+    Ok(())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -177,6 +430,9 @@ async fn main() -> anyhow::Result<()> {
     let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
     let brokers = env_var("TIDEWATCH_KAFKA_BROKERS");
     let telemetry = Telemetry::new(BuildInfo::new("stage-bench", "bench"))?;
+    if std::env::var_os("STAGE_BENCH_LOG").is_some() {
+        tidewatch_telemetry::logging::init(tidewatch_telemetry::LogFormat::Pretty, "info")?;
+    }
 
     // Inputs of each stage, from the seeded generator (its usual mix of bad records).
     let mut stream = RecordStream::new(
@@ -236,60 +492,95 @@ async fn main() -> anyhow::Result<()> {
         "stage", "stage ev/s", "passthrough ev/s", "ratio"
     );
     for (name, topic, _) in &topics {
-        let out = format!("{topic}-out");
         let (mut s, mut p) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
-            p.push(passthrough(&brokers, topic, &out, n).await?);
-            let rate = match *name {
-                "normalize" => {
-                    stage(
-                        &brokers,
-                        name,
-                        topic,
-                        normalize::Normalize::new(out.clone()),
-                        n,
-                        &telemetry.health,
-                    )
+            p.push(passthrough(&brokers, topic, &format!("{topic}-out"), n).await?);
+            s.push(
+                run_stage(&brokers, name, topic, n, 1, false, &telemetry)
                     .await?
-                }
-                "enrich" => {
-                    let settings =
-                        enrich::Settings::try_parse_from(["enrich", "--output-topic", &out])?;
-                    let processor = enrich::build(&settings, &telemetry, Shutdown::new()).await?;
-                    stage(&brokers, name, topic, processor, n, &telemetry.health).await?
-                }
-                _ => {
-                    let settings = aggregate::Settings::try_parse_from([
-                        "aggregate",
-                        "--bars-topic",
-                        &out,
-                        "--features-topic",
-                        &format!("{out}-f"),
-                    ])?;
-                    let pool = tidewatch_db::connect_and_migrate(&settings.database).await?;
-                    let store = aggregate::checkpoint::CheckpointStore::new(
-                        pool,
-                        unique("bench"),
-                        topic.clone(),
-                    );
-                    stage(
-                        &brokers,
-                        name,
-                        topic,
-                        aggregate::Aggregate::new(&settings, store),
-                        n,
-                        &telemetry.health,
-                    )
-                    .await?
-                }
-            };
-            s.push(rate);
+                    .events_per_second,
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let (sm, pm) = (median(s.clone()), median(p.clone()));
         println!(
             "{name:<10} {sm:>16.0} {pm:>16.0} {:>7.1}%   (stage {s:.0?}, passthrough {p:.0?})",
             100.0 * sm / pm
+        );
+    }
+
+    // Several instances of a stage in one consumer group over the topic's 3 partitions (one
+    // process, so they share this machine's cores): how throughput grows, what is
+    // processed twice, and how long the others take to resume the partitions of an
+    // instance that stops.
+    println!(
+        "\ninstances per stage, one consumer group over 3 partitions; events/s once every instance \
+         holds a partition, median of {rounds}"
+    );
+    println!(
+        "{:<10} {:>12} {:>12} {:>12} {:>6} {:>6} {:>16} {:>12}",
+        "stage",
+        "1 instance",
+        "2 instances",
+        "3 instances",
+        "2/1",
+        "3/1",
+        "3 formed after",
+        "redelivered"
+    );
+    let mut rebalances = Vec::new();
+    for (name, batched, records) in &topics {
+        // The same records, one to a record batch: tansu 0.6 answers a fetch from inside a
+        // batch with nothing, so a partition that moves to another instance with its
+        // committed offset inside a batch would stall there (Kafka itself resumes).
+        let topic = &format!("{batched}-single");
+        let (out, features) = (format!("{topic}-out"), format!("{topic}-out-f"));
+        ensure_topics(&brokers, &[topic, &out, &features], 3).await?;
+        fill_unbatched(&brokers, topic, records).await?;
+        let (mut medians, mut formed) = (Vec::new(), Vec::new());
+        let mut redelivered = 0;
+        for instances in 1..=3 {
+            let mut rates = Vec::new();
+            for _ in 0..rounds {
+                let run = run_stage(&brokers, name, topic, n, instances, false, &telemetry).await?;
+                rates.push(run.events_per_second);
+                formed.push(run.formed_after.as_secs_f64());
+                redelivered = redelivered.max(run.redelivered);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            medians.push(median(rates));
+        }
+        let formed3 = median(formed.split_off(formed.len() - rounds));
+        println!(
+            "{name:<10} {:>12.0} {:>12.0} {:>12.0} {:>6.2} {:>6.2} {:>14.1} s {:>12}",
+            medians[0],
+            medians[1],
+            medians[2],
+            medians[1] / medians[0],
+            medians[2] / medians[0],
+            formed3,
+            redelivered
+        );
+        for _ in 0..rounds {
+            let run = run_stage(&brokers, name, topic, n, 3, true, &telemetry).await?;
+            rebalances.push((*name, run));
+        }
+    }
+    println!("\none of 3 instances stops after a third of the messages (its consumer closes and leaves the group):");
+    for (name, run) in rebalances {
+        let what = match run.rebalance {
+            Some((partitions, Some(took))) => format!(
+                "its {partitions} partition(s) resumed by the others after {:.2} s",
+                took.as_secs_f64()
+            ),
+            Some((partitions, None)) => {
+                format!("its {partitions} partition(s) had nothing left when it stopped")
+            }
+            None => "it got no partition before the others finished".to_owned(),
+        };
+        println!(
+            "{name:<10} {what}; {:.0} ev/s overall, {} redelivered",
+            run.events_per_second, run.redelivered
         );
     }
     Ok(())
