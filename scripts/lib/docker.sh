@@ -57,6 +57,32 @@ ensure_docker() {
   fi
 }
 
+# Builds run inside the engine, not under the caller's `nice`: an engine this script did not
+# start (left running, or the system's) gets the caller's niceness on every thread of
+# dockerd and containerd until docker_restore_priority, so a background build stays
+# background.
+docker_match_priority() {
+  local mine pid task was
+  mine=$(nice)
+  [ -z "${TW_DOCKERD_PID:-}" ] && [ "$mine" -gt 0 ] || return 0
+  TW_RENICED=
+  for pid in $(pgrep -x 'dockerd|containerd'); do
+    for task in /proc/"$pid"/task/*; do
+      task=${task##*/}
+      was=$(awk '{print $19}' "/proc/$pid/task/$task/stat" 2>/dev/null)
+      [ "${was:-0}" -lt "$mine" ] || continue
+      as_root renice -n "$mine" -p "$task" >/dev/null 2>&1 && TW_RENICED+=" $task:$was"
+    done
+  done
+  [ -z "$TW_RENICED" ] || log "the running Docker engine builds at this script's priority (nice $mine) until it ends"
+}
+
+docker_restore_priority() {
+  local entry
+  for entry in ${TW_RENICED:-}; do as_root renice -n "${entry#*:}" -p "${entry%%:*}" >/dev/null 2>&1 || true; done
+  TW_RENICED=
+}
+
 # Stops the engine if ensure_docker started it.
 docker_stop() {
   [ -n "${TW_DOCKERD_PID:-}" ] || return 0
