@@ -186,7 +186,7 @@ fn seconds(duration: &Value, default: u64) -> anyhow::Result<u64> {
     let Some(text) = duration.as_str() else {
         return Ok(default);
     };
-    let (number, unit) = text.split_at(text.len() - 1);
+    let (number, unit) = split_unit(text);
     let n: u64 = number
         .parse()
         .with_context(|| format!("duration {text:?}"))?;
@@ -197,10 +197,15 @@ fn seconds(duration: &Value, default: u64) -> anyhow::Result<u64> {
     })
 }
 
+/// A compose quantity's number and its one-letter unit (`10s`, `256m`).
+fn split_unit(text: &str) -> (&str, &str) {
+    text.split_at(text.char_indices().last().map_or(0, |(i, _)| i))
+}
+
 /// Kubernetes memory from compose's `mem_limit` (`256m` is 256 MiB to Docker).
 fn memory(limit: &Value) -> anyhow::Result<String> {
     let text = limit.as_str().context("mem_limit")?;
-    let (number, unit) = text.split_at(text.len() - 1);
+    let (number, unit) = split_unit(text);
     Ok(match unit {
         "m" => format!("{number}Mi"),
         "g" => format!("{number}Gi"),
@@ -470,4 +475,20 @@ fn documents(docs: &[Value]) -> anyhow::Result<String> {
         text.push_str(&serde_yaml_ng::to_string(doc)?);
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compose_quantities_convert_and_malformed_ones_are_errors() {
+        assert_eq!(seconds(&json!("1m"), 0).unwrap(), 60);
+        assert_eq!(seconds(&Value::Null, 7).unwrap(), 7);
+        assert_eq!(memory(&json!("256m")).unwrap(), "256Mi");
+        for bad in ["", "s", "10", "10µ", "x5s"] {
+            assert!(seconds(&json!(bad), 0).is_err(), "{bad:?} as a duration");
+            assert!(memory(&json!(bad)).is_err(), "{bad:?} as a memory limit");
+        }
+    }
 }
