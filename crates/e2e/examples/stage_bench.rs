@@ -39,8 +39,8 @@ use tidewatch_telemetry::{BuildInfo, ComponentHealth, Criticality, Shutdown, Tel
 /// A message to prefill: key and payload.
 type Keyed = (String, Vec<u8>);
 
-/// What the instances of one consumer group share: how many messages they processed
-/// together, when the group formed (every instance holds a partition) and how many were
+/// What the instances of one consumer group share: how many distinct messages they
+/// processed together, when the group formed (every instance holds a partition) and how many were
 /// processed by then, when the `target`-th was processed, which (partition, offset) pairs
 /// were seen (a second sighting is a redelivery), and the instance that was stopped.
 struct Group {
@@ -113,15 +113,16 @@ impl<P: Processor> Processor for Counting<P> {
         }
         let now = Instant::now();
         let outcome = self.inner.process(input).await;
-        if !Group::lock(&self.group.sightings).insert((input.partition, input.offset)) {
-            self.group.redelivered.fetch_add(1, Ordering::Relaxed);
-        }
         if let Some(stopped) = Group::lock(&self.group.stopped).as_mut() {
             if stopped.instance != self.instance && stopped.partitions.contains(&input.partition) {
                 stopped.resumed.entry(input.partition).or_insert(now);
             }
         }
-        if self.group.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.group.target {
+        // A redelivery is work, not progress: the group is done when every message has
+        // been processed at least once.
+        if !Group::lock(&self.group.sightings).insert((input.partition, input.offset)) {
+            self.group.redelivered.fetch_add(1, Ordering::Relaxed);
+        } else if self.group.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.group.target {
             self.group.finished.get_or_init(Instant::now);
             self.shutdown.trigger();
         }
@@ -193,6 +194,9 @@ async fn passthrough(brokers: &str, input: &str, output: &str, n: usize) -> anyh
     }
     Ok(n as f64 / start.map_or(1.0, |s| s.elapsed().as_secs_f64()))
 }
+
+/// Longest a group run may take (100,000 messages take seconds).
+const GROUP_DEADLINE: Duration = Duration::from_secs(300);
 
 /// What one run of a stage's consumer group measured.
 struct Run {
@@ -291,7 +295,15 @@ async fn group<P: Processor>(
             Ok(())
         }));
     }
-    for r in futures::future::join_all(runs).await {
+    // A group that stops making progress is a finding, not a hang.
+    let Ok(results) = tokio::time::timeout(GROUP_DEADLINE, futures::future::join_all(runs)).await
+    else {
+        anyhow::bail!(
+            "the group of {instances} processed {} of {n} distinct messages in {GROUP_DEADLINE:?}",
+            group.seen.load(Ordering::Relaxed)
+        );
+    };
+    for r in results {
         r?;
     }
     let seen = group.seen.load(Ordering::Relaxed);
