@@ -1,6 +1,7 @@
 //! The client context of every Tidewatch consumer: librdkafka statistics become lag gauges
 //! and the broker's health (the statistics themselves are never logged); rebalances are
-//! logged, counted and handed to the stage loop with the committed positions.
+//! logged, counted and handed to the stage loop with the committed positions; what was
+//! acknowledged is committed before a revoke.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,10 +65,12 @@ pub(crate) fn starting_over(topic: &str, partition: i32, position: i64, high_wat
 pub enum AssignmentChange {
     /// A partition now consumed by this member, with its committed position if any.
     Assigned {
+        topic: String,
         partition: i32,
         committed: Option<i64>,
     },
     Revoked {
+        topic: String,
         partition: i32,
     },
     /// An assigned partition whose end is below the position the consumer fetches from,
@@ -99,6 +102,7 @@ impl StageContext {
             "waiting for a partition assignment",
         ));
         catalog::KAFKA_POSITION_RESETS.counter(&[]).increment(0);
+        catalog::KAFKA_SKIPPED_OFFSETS.counter(&[]).increment(0);
         Self {
             lag: Mutex::default(),
             commits: CommitCounters::default(),
@@ -196,6 +200,27 @@ impl ClientContext for StageContext {
 }
 
 impl ConsumerContext for StageContext {
+    /// Before partitions are taken away, commits what was stored: the offsets of messages
+    /// whose outputs were all acknowledged. The next owner then starts right after them; a
+    /// message still in flight here is not stored, so it is handed back and processed again
+    /// there (its late acknowledgement here can no longer store an offset for a partition
+    /// this member does not hold). Asynchronously: tansu holds a commit while its group
+    /// rebalances, and a member waiting for it here would never rejoin.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            if tpl.count() == 0 {
+                return;
+            }
+            match consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Async) {
+                Ok(())
+                | Err(rdkafka::error::KafkaError::ConsumerCommit(
+                    rdkafka::types::RDKafkaErrorCode::NoOffset,
+                )) => {}
+                Err(e) => tracing::warn!(error = %e, "committing before the revoke failed"),
+            }
+        }
+    }
+
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let kind = match rebalance {
             Rebalance::Assign(tpl) => {
@@ -215,6 +240,7 @@ impl ConsumerContext for StageContext {
                     });
                     tracing::debug!(partition = element.partition(), committed = ?position, "committed offset");
                     self.push_change(AssignmentChange::Assigned {
+                        topic: element.topic().to_owned(),
                         partition: element.partition(),
                         committed: position,
                     });
@@ -229,6 +255,7 @@ impl ConsumerContext for StageContext {
                 tracing::info!(partitions = %describe(tpl), "partitions revoked");
                 for element in tpl.elements() {
                     self.push_change(AssignmentChange::Revoked {
+                        topic: element.topic().to_owned(),
                         partition: element.partition(),
                     });
                 }

@@ -19,6 +19,7 @@
 pub mod context;
 pub mod dlq;
 pub mod inspect;
+mod positions;
 pub mod producer;
 pub mod service;
 pub mod sink;

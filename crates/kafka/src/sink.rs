@@ -15,15 +15,16 @@ use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use rdkafka::Offset;
+use rdkafka::{Message as _, Offset};
 use tidewatch_telemetry::{catalog, ComponentHealth, HealthHandle, Shutdown};
 use tidewatch_web::Faults;
 
 use crate::context::{starting_over, AssignmentChange, StageContext};
 use crate::dlq::{dead_letter, Code, DLQ_TOPIC};
+use crate::positions::{Positions, Verdict};
 use crate::producer::Producer;
 use crate::stage::{
-    commit_final, count_dead_letter, count_error, register_error_series, subscribe, Input,
+    commit_final, count_dead_letter, count_error, register_error_series, rewind, subscribe, Input,
 };
 
 /// Why a message cannot become an item: a bounded code (a metric label and the dead
@@ -87,28 +88,43 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Assignment changes matter to stateful stages only, except a partition found past its
-/// end (the broker lost its data), which is consumed again from the beginning.
-fn start_over_past_the_end(consumer: &StreamConsumer<StageContext>) {
+/// Notes the consumer's assignment changes in `positions`; a partition found past its end
+/// (the broker lost its data) is consumed again from the beginning. Returns the partitions
+/// it sought there.
+fn apply_changes(
+    consumer: &StreamConsumer<StageContext>,
+    positions: &mut Positions,
+) -> Vec<(String, i32)> {
+    let mut sought = Vec::new();
     for change in consumer.context().take_changes() {
-        if let AssignmentChange::PastTheEnd {
-            topic,
-            partition,
-            position,
-            high_watermark,
-        } = change
-        {
-            starting_over(&topic, partition, position, high_watermark);
-            if let Err(e) = consumer.seek(
-                &topic,
+        match change {
+            AssignmentChange::Assigned {
+                topic,
                 partition,
-                Offset::Beginning,
-                Duration::from_secs(10),
-            ) {
-                tracing::warn!(topic, partition, error = %e, "seeking to the beginning failed");
+                committed,
+            } => positions.starts_at(&topic, partition, committed),
+            AssignmentChange::Revoked { topic, partition } => positions.revoked(&topic, partition),
+            AssignmentChange::PastTheEnd {
+                topic,
+                partition,
+                position,
+                high_watermark,
+            } => {
+                starting_over(&topic, partition, position, high_watermark);
+                positions.starts_at(&topic, partition, None);
+                if let Err(e) = consumer.seek(
+                    &topic,
+                    partition,
+                    Offset::Beginning,
+                    Duration::from_secs(10),
+                ) {
+                    tracing::warn!(topic, partition, error = %e, "seeking to the beginning failed");
+                }
+                sought.push((topic, partition));
             }
         }
     }
+    sought
 }
 
 /// Runs the sink until `shutdown`; the batch in hand is written (retrying while the store
@@ -142,6 +158,7 @@ pub async fn run<S: Sink>(
     let mut outcome = Ok(());
     // Changes also come while no message does (a partition found past its end).
     let mut changes_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut positions = Positions::default();
     loop {
         // Gather: until full, lingered long enough, or stopping.
         let deadline = tokio::time::Instant::now() + config.linger;
@@ -154,12 +171,12 @@ pub async fn run<S: Sink>(
                 () = &mut stop => break true,
                 () = tokio::time::sleep_until(deadline), if !batch.is_empty() => break false,
                 _ = changes_tick.tick() => {
-                    start_over_past_the_end(&consumer);
+                    apply_changes(&consumer, &mut positions);
                     continue;
                 }
                 received = consumer.recv() => received,
             };
-            start_over_past_the_end(&consumer);
+            let sought = apply_changes(&consumer, &mut positions);
             let message = match received {
                 Ok(m) => m,
                 Err(e) => {
@@ -168,6 +185,18 @@ pub async fn run<S: Sink>(
                     continue;
                 }
             };
+            let (topic, partition) = (message.topic(), message.partition());
+            if sought.iter().any(|(t, p)| t == topic && *p == partition) {
+                continue;
+            }
+            match positions.judge(topic, partition, message.offset()) {
+                Verdict::Process => {}
+                Verdict::Drop => continue,
+                Verdict::Rewind { from } => {
+                    rewind(&consumer, topic, partition, from);
+                    continue;
+                }
+            }
             let input = Input::from_message(&message);
             metrics.received(input.payload.len());
             config.faults.slow_down().await;

@@ -27,6 +27,7 @@ use tidewatch_web::Faults;
 
 use crate::context::{starting_over, AssignmentChange, StageContext};
 use crate::dlq::{dead_letter, Code, ENCODE_FAILED};
+use crate::positions::{Positions, Verdict};
 use crate::producer::{ProduceError, Producer, Record};
 
 /// One consumed message, as a processor sees it.
@@ -308,8 +309,7 @@ pub async fn run<P: Processor>(
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
     let stop = shutdown.cancelled();
     tokio::pin!(stop);
-    // Partitions moved back to a checkpoint: the first offset to accept.
-    let mut skip_before: HashMap<i32, i64> = HashMap::new();
+    let mut positions = Positions::default();
     // Changes also come while no message does (a partition found past its end).
     let mut changes_tick = tokio::time::interval(Duration::from_secs(1));
     let outcome = loop {
@@ -322,14 +322,15 @@ pub async fn run<P: Processor>(
                 }
             }
             _ = changes_tick.tick() => {
-                if let Err(e) = apply_changes(&consumer, config, processor, &mut skip_before).await {
+                if let Err(e) = apply_changes(&consumer, config, processor, &mut positions).await {
                     break Err(e);
                 }
             }
             received = consumer.recv(), if pending.len() < config.max_in_flight => {
-                if let Err(e) = apply_changes(&consumer, config, processor, &mut skip_before).await {
-                    break Err(e);
-                }
+                let sought = match apply_changes(&consumer, config, processor, &mut positions).await {
+                    Ok(sought) => sought,
+                    Err(e) => break Err(e),
+                };
                 let message = match received {
                     Ok(m) => m,
                     Err(e) => {
@@ -338,11 +339,18 @@ pub async fn run<P: Processor>(
                         continue;
                     }
                 };
-                if let Some(start) = skip_before.get(&message.partition()).copied() {
-                    if message.offset() != start {
+                // Fetched before a seek of its partition just now: librdkafka drops the
+                // rest of such messages, but not the one already in hand.
+                if sought.contains(&message.partition()) {
+                    continue;
+                }
+                match positions.judge(&config.input_topic, message.partition(), message.offset()) {
+                    Verdict::Process => {}
+                    Verdict::Drop => continue,
+                    Verdict::Rewind { from } => {
+                        rewind(&consumer, &config.input_topic, message.partition(), from);
                         continue;
                     }
-                    skip_before.remove(&message.partition());
                 }
                 let input = Input::from_message(&message);
                 metrics.received.increment(1);
@@ -392,21 +400,24 @@ pub async fn run<P: Processor>(
 /// Hands the consumer's assignment changes to the processor, oldest first: an assigned
 /// partition is restored from the processor's checkpoint, a revoked one dropped, and one
 /// found past its end (the broker lost its data) is dropped and consumed again from the
-/// beginning, or from where the processor's checkpoint says.
+/// beginning, or from where the processor's checkpoint says. Returns the partitions it
+/// sought elsewhere.
 async fn apply_changes<P: Processor>(
     consumer: &StreamConsumer<StageContext>,
     config: &StageConfig,
     processor: &mut P,
-    skip_before: &mut HashMap<i32, i64>,
-) -> anyhow::Result<()> {
+    positions: &mut Positions,
+) -> anyhow::Result<Vec<i32>> {
+    let mut sought = Vec::new();
     for change in consumer.context().take_changes() {
         let (partition, committed, from_beginning) = match change {
             AssignmentChange::Assigned {
                 partition,
                 committed,
+                ..
             } => (partition, committed, false),
-            AssignmentChange::Revoked { partition } => {
-                skip_before.remove(&partition);
+            AssignmentChange::Revoked { topic, partition } => {
+                positions.revoked(&topic, partition);
                 processor.revoked(partition);
                 continue;
             }
@@ -421,33 +432,39 @@ async fn apply_changes<P: Processor>(
                 (partition, None, true)
             }
         };
-        restore(
+        let start = restore(
             consumer,
             config,
             processor,
-            skip_before,
             partition,
             committed,
             from_beginning,
         )
         .await?;
+        match start {
+            Some(Offset::Offset(start)) => positions.sought(&config.input_topic, partition, start),
+            Some(_) => positions.starts_at(&config.input_topic, partition, None),
+            None => positions.starts_at(&config.input_topic, partition, committed),
+        }
+        if start.is_some() {
+            sought.push(partition);
+        }
     }
-    Ok(())
+    Ok(sought)
 }
 
 /// Asks the processor where `partition` resumes (given its committed offset and the
 /// topic's watermarks) and seeks there; without a checkpoint, a partition read again
 /// `from_beginning` goes to its beginning and any other stays where the consumer put it.
+/// Returns where it sought, if anywhere.
 async fn restore<P: Processor>(
     consumer: &StreamConsumer<StageContext>,
     config: &StageConfig,
     processor: &mut P,
-    skip_before: &mut HashMap<i32, i64>,
     partition: i32,
     committed: Option<i64>,
     from_beginning: bool,
-) -> anyhow::Result<()> {
-    skip_before.remove(&partition);
+) -> anyhow::Result<Option<Offset>> {
     let watermarks = match consumer.fetch_watermarks(
         &config.input_topic,
         partition,
@@ -466,7 +483,7 @@ async fn restore<P: Processor>(
     let target = match (start.filter(|s| Some(*s) != committed), from_beginning) {
         (Some(start), _) => Offset::Offset(start),
         (None, true) => Offset::Beginning,
-        (None, false) => return Ok(()),
+        (None, false) => return Ok(None),
     };
     consumer
         .seek(
@@ -477,21 +494,40 @@ async fn restore<P: Processor>(
         )
         .with_context(|| format!("seeking partition {partition} to {target:?}"))?;
     if let Offset::Offset(start) = target {
-        // Messages already fetched from the committed offset are dropped until the one
-        // at `start` arrives.
         tracing::info!(
             partition,
             start,
             ?committed,
             "resuming from the processor's checkpoint"
         );
-        skip_before.insert(partition, start);
     }
-    Ok(())
+    Ok(Some(target))
+}
+
+/// Seeks `partition` back to `from` after the broker skipped offsets ([`Positions`]).
+pub(crate) fn rewind(
+    consumer: &StreamConsumer<StageContext>,
+    topic: &str,
+    partition: i32,
+    from: i64,
+) {
+    if let Err(e) = consumer.seek(
+        topic,
+        partition,
+        Offset::Offset(from),
+        Duration::from_secs(10),
+    ) {
+        tracing::warn!(topic, partition, from, error = %e, "seeking back over skipped offsets failed");
+    }
 }
 
 /// A consumer in `group`, subscribed to `topics`, configured for at-least-once: auto-commit
 /// on, automatic offset store off (offsets are stored by the loop once outputs are safe).
+/// Rebalances are cooperative (incremental): a member joining or leaving moves only the
+/// partitions that change hands, and the others keep consuming (and aggregate keeps their
+/// windows) through it. Every member of a group must share a strategy: `options` can set
+/// `partition.assignment.strategy` to `range` for a group that still has members of a
+/// release before this one (whose default was `range,roundrobin`).
 pub(crate) fn subscribe(
     stage: &'static str,
     brokers: &str,
@@ -512,7 +548,8 @@ pub(crate) fn subscribe(
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", "5000")
-        .set("session.timeout.ms", session_timeout_ms.to_string());
+        .set("session.timeout.ms", session_timeout_ms.to_string())
+        .set("partition.assignment.strategy", "cooperative-sticky");
     for (key, value) in options {
         client.set(key, value);
     }

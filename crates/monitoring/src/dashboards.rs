@@ -411,9 +411,10 @@ fn pipeline() -> Dashboard {
                     ("sum(rate(tidewatch_duplicate_trades_total{SEL}[$__rate_interval]))", "duplicates"),
                     ("sum(rate(tidewatch_replayed_messages_total{SEL}[$__rate_interval]))", "replayed"),
                 ]),
-                panel("Starting over, last hour", "short", "Checkpoints the topic no longer held and aggregate started over from, and partitions a consumer found itself past the end of and consumed again from the beginning: both mean the broker lost data.", &[
+                panel("Starting over, last hour", "short", "Checkpoints the topic no longer held and aggregate started over from, partitions a consumer found itself past the end of and consumed again from the beginning, and offsets a consumer never received: each means the broker lost or skipped data.", &[
                     ("sum(increase(tidewatch_checkpoint_resets_total{SEL}[1h]))", "checkpoint resets"),
                     ("sum(increase(tidewatch_kafka_position_resets_total{SEL}[1h]))", "position resets"),
+                    ("sum(increase(tidewatch_kafka_skipped_offsets_total{SEL}[1h]))", "offsets skipped"),
                 ]).stat().red_above(1.0),
             ]),
         ],

@@ -506,6 +506,15 @@ pub const KAFKA_POSITION_RESETS: MetricDef = MetricDef {
     buckets: &[],
     group: Group::Kafka,
 };
+pub const KAFKA_SKIPPED_OFFSETS: MetricDef = MetricDef {
+    name: "tidewatch_kafka_skipped_offsets_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &[],
+    help: "Offsets the broker skipped: a message arrived past the offset expected next (the committed or sought position, or the previous message plus one), and the consumer sought back to read them again. Kafka leaves such gaps only in compacted or transactional topics, which Tidewatch does not use; tansu 0.6 answers a fetch starting inside a record batch with the batches after it.",
+    buckets: &[],
+    group: Group::Kafka,
+};
 pub const KAFKA_PRODUCE_DURATION: MetricDef = MetricDef {
     name: "tidewatch_kafka_produce_duration_seconds",
     kind: MetricKind::Histogram,
@@ -1161,6 +1170,7 @@ pub const ALL: &[&MetricDef] = &[
     &KAFKA_PRODUCED,
     &KAFKA_PRODUCER_RENEWALS,
     &KAFKA_POSITION_RESETS,
+    &KAFKA_SKIPPED_OFFSETS,
     &KAFKA_PRODUCE_DURATION,
     &KAFKA_CONSUMER_LAG,
     &KAFKA_FRESHNESS_LAG,
