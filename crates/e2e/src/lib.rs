@@ -133,7 +133,10 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 /// A service process; SIGKILLed when dropped, so a failing test leaves nothing behind.
 #[derive(Debug)]
 pub struct Service {
+    /// The binary's name.
     pub name: String,
+    /// Which instance, in logs and failure messages (the binary's name unless given).
+    pub label: String,
     pub port: u16,
     args: Vec<String>,
     env: HashMap<String, String>,
@@ -145,8 +148,19 @@ impl Service {
     /// Starts `binary` with `--listen 127.0.0.1:<free port>`, the arguments and environment
     /// given, and its log (stdout and stderr) in a file of the temp directory.
     pub fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_instance(name, name, args, env)
+    }
+
+    /// [`Self::start`] for one of several instances of `name`, with a log of its own.
+    pub fn start_instance(
+        name: &str,
+        label: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut s = Self {
             name: name.to_owned(),
+            label: label.to_owned(),
             port: free_port(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             env: env
@@ -155,7 +169,7 @@ impl Service {
                 .collect(),
             child: None,
             log: std::env::temp_dir()
-                .join(format!("tidewatch-e2e-{name}-{}.log", std::process::id())),
+                .join(format!("tidewatch-e2e-{label}-{}.log", std::process::id())),
         };
         s.spawn()?;
         Ok(s)
@@ -176,7 +190,7 @@ impl Service {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", self.name))?;
+            .with_context(|| format!("starting {}", self.label))?;
         self.child = Some(child);
         Ok(())
     }
@@ -211,7 +225,7 @@ impl Service {
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "{} did not exit within {timeout:?}",
-                self.name
+                self.label
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -248,7 +262,7 @@ impl Service {
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "{} not ready within {timeout:?}; log:\n{}",
-                self.name,
+                self.label,
                 self.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
