@@ -204,8 +204,8 @@ impl ConsumerContext for StageContext {
     /// whose outputs were all acknowledged. The next owner then starts right after them; a
     /// message still in flight here is not stored, so it is handed back and processed again
     /// there (its late acknowledgement here can no longer store an offset for a partition
-    /// this member does not hold). Asynchronously: tansu holds a commit while its group
-    /// rebalances, and a member waiting for it here would never rejoin.
+    /// this member does not hold). Asynchronously: a member must not wait inside the
+    /// rebalance callback on a coordinator that is itself in the middle of the rebalance.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             if tpl.count() == 0 {
