@@ -115,19 +115,36 @@ pub async fn store_bars(
     }
 }
 
-/// The value of the first series of `name` in a Prometheus text exposition whose labels
+/// The values of the series of `name` in a Prometheus text exposition whose labels
 /// include every `(label, value)` given.
+fn samples<'a>(
+    text: &'a str,
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = f64> + 'a {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(move |l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse().ok())
+            .flatten()
+        })
+}
+
+/// The value of the first series of `name` whose labels include every `(label, value)`
+/// given.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (series, value) = l.rsplit_once(' ')?;
-        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-        (metric == name
-            && labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-        .then(|| value.parse().ok())
-        .flatten()
-    })
+    samples(text, name, labels).next()
+}
+
+/// The sum of the series of `name` whose labels include every `(label, value)` given.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(text, name, labels).sum()
 }
 
 /// A service process; SIGKILLed when dropped, so a failing test leaves nothing behind.

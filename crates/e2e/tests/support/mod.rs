@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+pub use tidewatch_e2e::metric_sum;
 use tidewatch_e2e::{Proxy, Service};
 use tidewatch_kafka::dlq::{self, DLQ_TOPIC};
 use tidewatch_kafka::inspect::{read_topic_async, ReadMessage};
@@ -747,23 +748,6 @@ impl Drop for ProxiedBroker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Sum of the samples of `name` whose labels include all of `labels` (text exposition).
-pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            (metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse::<f64>().ok())
-            .flatten()
-        })
-        .sum()
 }
 
 /// Messages in `topics` now (sum of high minus low watermarks).
