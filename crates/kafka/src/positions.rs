@@ -13,8 +13,13 @@
 //! not use, so with Kafka none of this ever runs.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::Offset;
 use tidewatch_telemetry::catalog;
+
+use crate::context::StageContext;
 
 /// How far before a skipped offset the first rewind goes: librdkafka's largest batch
 /// (`batch.num.messages`, 10,000 by default), so a batch boundary lies in between.
@@ -126,6 +131,23 @@ impl Positions {
         }
         p.expected = Some(offset + 1);
         Verdict::Process
+    }
+}
+
+/// Seeks `partition` back to `from` after the broker skipped offsets ([`Verdict::Rewind`]).
+pub(crate) fn rewind(
+    consumer: &StreamConsumer<StageContext>,
+    topic: &str,
+    partition: i32,
+    from: i64,
+) {
+    if let Err(e) = consumer.seek(
+        topic,
+        partition,
+        Offset::Offset(from),
+        Duration::from_secs(10),
+    ) {
+        tracing::warn!(topic, partition, from, error = %e, "seeking back over skipped offsets failed");
     }
 }
 

@@ -21,10 +21,10 @@ use tidewatch_web::Faults;
 
 use crate::context::{starting_over, AssignmentChange, StageContext};
 use crate::dlq::{dead_letter, Code, DLQ_TOPIC};
-use crate::positions::{Positions, Verdict};
+use crate::positions::{rewind, Positions, Verdict};
 use crate::producer::Producer;
 use crate::stage::{
-    commit_final, count_dead_letter, count_error, register_error_series, rewind, subscribe, Input,
+    commit_final, count_dead_letter, count_error, register_error_series, subscribe, Input,
 };
 
 /// Why a message cannot become an item: a bounded code (a metric label and the dead

@@ -27,7 +27,7 @@ use tidewatch_web::Faults;
 
 use crate::context::{starting_over, AssignmentChange, StageContext};
 use crate::dlq::{dead_letter, Code, ENCODE_FAILED};
-use crate::positions::{Positions, Verdict};
+use crate::positions::{rewind, Positions, Verdict};
 use crate::producer::{ProduceError, Producer, Record};
 
 /// One consumed message, as a processor sees it.
@@ -502,23 +502,6 @@ async fn restore<P: Processor>(
         );
     }
     Ok(Some(target))
-}
-
-/// Seeks `partition` back to `from` after the broker skipped offsets ([`Positions`]).
-pub(crate) fn rewind(
-    consumer: &StreamConsumer<StageContext>,
-    topic: &str,
-    partition: i32,
-    from: i64,
-) {
-    if let Err(e) = consumer.seek(
-        topic,
-        partition,
-        Offset::Offset(from),
-        Duration::from_secs(10),
-    ) {
-        tracing::warn!(topic, partition, from, error = %e, "seeking back over skipped offsets failed");
-    }
 }
 
 /// A consumer in `group`, subscribed to `topics`, configured for at-least-once: auto-commit
