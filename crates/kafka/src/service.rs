@@ -11,8 +11,10 @@ use secrecy::SecretString;
 use tidewatch_telemetry::server::{instrument, ops_router, serve};
 use tidewatch_telemetry::{ComponentHealth, Criticality, HealthHandle, Shutdown, Telemetry};
 use tidewatch_web::faults::{self, Fault, Faults};
-use tidewatch_web::AdminAuth;
+use tidewatch_web::{openapi, AdminAuth};
 use tokio::net::TcpListener;
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::dlq::DLQ_TOPIC;
 use crate::sink::{self, Sink, SinkConfig};
@@ -73,6 +75,29 @@ pub struct BatchArgs {
     pub retry_max_backoff_ms: u64,
 }
 
+/// An API a stage serves: routes without fallbacks, and their OpenAPI document.
+pub struct Documented(pub (axum::Router, OpenApi));
+
+impl std::fmt::Debug for Documented {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Documented")
+            .field("title", &self.0 .1.info.title)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<(axum::Router, OpenApi)> for Documented {
+    fn from(parts: (axum::Router, OpenApi)) -> Self {
+        Self(parts)
+    }
+}
+
+impl From<OpenApiRouter> for Documented {
+    fn from(router: OpenApiRouter) -> Self {
+        Self(router.split_for_parts())
+    }
+}
+
 /// A stage with its ops listener bound (port 0 works; [`StageService::local_addr`] tells).
 #[derive(Debug)]
 pub struct StageService {
@@ -84,7 +109,7 @@ pub struct StageService {
     /// Every topic the stage reads or writes, kept in existence by the topic guard.
     topics: Vec<String>,
     producer: Producer,
-    api: Option<axum::Router>,
+    api: Option<Documented>,
     faults: Faults,
 }
 
@@ -149,9 +174,10 @@ impl StageService {
         })
     }
 
-    /// Serves `api` (routes and their fallbacks) beside the ops endpoints, on the same port.
-    pub fn with_api(mut self, api: axum::Router) -> Self {
-        self.api = Some(api);
+    /// Serves `api` (routes without fallbacks, and their document) beside the ops endpoints,
+    /// on the same port; its operations join the fault switches' in `/openapi.json`.
+    pub fn with_api(mut self, api: impl Into<Documented>) -> Self {
+        self.api = Some(api.into());
         self
     }
 
@@ -279,12 +305,29 @@ impl StageService {
         let server_stop = Shutdown::new();
         faults.register_health(&telemetry.health);
         let admin = Arc::new(AdminAuth::new(args.admin_token.clone()));
-        let ops =
-            ops_router(telemetry.clone()).merge(faults::router(faults, admin, ADMIN_BODY_LIMIT));
-        let app = instrument(match api {
-            Some(api) => api.merge(ops),
-            None => ops,
-        });
+        let mut doc = openapi::document(
+            &format!("Tidewatch {}", telemetry.build.service),
+            "A pipeline stage: its fault switches and what it shows of its state.",
+        );
+        let routes = match api {
+            Some(Documented((routes, api_doc))) => {
+                if !api_doc.info.title.is_empty() {
+                    doc.info = api_doc.info.clone();
+                }
+                doc.merge(api_doc);
+                routes
+            }
+            None => axum::Router::new(),
+        };
+        let (fault_routes, doc) = OpenApiRouter::with_openapi(doc)
+            .merge(faults::router(faults, admin, ADMIN_BODY_LIMIT))
+            .split_for_parts();
+        let app = instrument(openapi::finish(
+            routes
+                .merge(fault_routes)
+                .merge(ops_router(telemetry.clone())),
+            &doc,
+        ));
         let server = tokio::spawn({
             let (telemetry, stop) = (telemetry.clone(), server_stop.clone());
             async move { serve(listener, app, &telemetry, stop, Duration::from_secs(5)).await }

@@ -127,6 +127,30 @@ async fn discard(mut body: Body, mut seen: u64) {
     let _ = tokio::time::timeout(DISCARD_TIMEOUT, drain).await;
 }
 
+/// For `#[serde(default, deserialize_with = "whole_number")]` on an `Option<u64>` field: a
+/// JSON number without a fractional part, written `55` or `55.0` (JSON Schema's `integer`
+/// takes both, so a client generated from the document may send either); null or absent is
+/// `None`.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error as _;
+    use serde::Deserialize as _;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(u) = n.as_u64() {
+        return Ok(Some(u));
+    }
+    match n.as_f64() {
+        // 2^64 is exactly representable; every whole f64 below it fits a u64.
+        Some(f) if f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f) => {
+            Ok(Some(f as u64))
+        }
+        _ => Err(D::Error::custom(format!(
+            "invalid value: {n}, expected a non-negative whole number"
+        ))),
+    }
+}
+
 /// Parses JSON into `T`, naming the failing path in the error.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // serde would accept a JSON array for a struct, positionally; requests are objects.
@@ -211,5 +235,32 @@ mod tests {
         assert!(is_json("application/problem+json"));
         assert!(!is_json("text/plain"));
         assert!(!is_json(""));
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Rate {
+        #[serde(default, deserialize_with = "whole_number")]
+        n: Option<u64>,
+    }
+
+    #[test]
+    fn whole_numbers_are_taken_as_json_schema_integers() {
+        let n = |body: &str| parse::<Rate>(body.as_bytes()).map(|r| r.n);
+        assert_eq!(n(r#"{"n": 55}"#).ok(), Some(Some(55)));
+        assert_eq!(n(r#"{"n": 55.0}"#).ok(), Some(Some(55)));
+        assert_eq!(n(r#"{"n": 1e3}"#).ok(), Some(Some(1000)));
+        assert_eq!(n(r#"{"n": null}"#).ok(), Some(None));
+        assert_eq!(n("{}").ok(), Some(None));
+        for refused in [
+            r#"{"n": 55.5}"#,
+            r#"{"n": -1}"#,
+            r#"{"n": 1e30}"#,
+            r#"{"n": "5"}"#,
+        ] {
+            let Err(ApiError::Client { detail, .. }) = n(refused) else {
+                panic!("{refused} was taken");
+            };
+            assert_eq!(detail.field.as_deref(), Some("n"), "{refused}");
+        }
     }
 }

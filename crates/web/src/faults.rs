@@ -21,12 +21,16 @@ use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use metrics::{Counter, Gauge};
 use serde::{Deserialize, Serialize};
 use tidewatch_telemetry::{catalog, ComponentHealth, Criticality, Health, HealthHandle};
 
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, SchemaType, Type};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::openapi::{AdminRefusals, BodyRefusals};
 use crate::{AdminAuth, ApiError, BodyLimit, JsonBody};
 
 /// Added latency and slowdown above this are refused: a fault is a test, not a hang.
@@ -98,15 +102,24 @@ impl std::fmt::Debug for Faults {
     }
 }
 
-/// The switches as the API shows them (only the service's own).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The switches as the API shows them (only the service's own). A field given as `null`
+/// leaves that switch as it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultState {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_rate: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::extract::whole_number"
+    )]
     pub latency_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::extract::whole_number"
+    )]
     pub slowdown_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_ready: Option<bool>,
@@ -353,23 +366,83 @@ impl BodyLimit for AdminState {
     }
 }
 
-/// `/v1/admin/faults` (GET, PUT, DELETE) behind `admin`.
-pub fn router(faults: Faults, admin: Arc<AdminAuth>, max_body_bytes: usize) -> Router {
+/// `/v1/admin/faults` (GET, PUT, DELETE) behind `admin`, documented: the `FaultState`
+/// schema lists this service's switches only, with their ranges, and refuses any other.
+pub fn router(faults: Faults, admin: Arc<AdminAuth>, max_body_bytes: usize) -> OpenApiRouter {
     let actions = ["set_faults", "clear_faults"].map(|a| {
         let c = catalog::ADMIN_ACTIONS.counter(&[("action", a)]);
         c.absolute(0);
         c
     });
-    Router::new()
-        .route("/v1/admin/faults", get(show).put(set).delete(clear))
+    let schema = faults.schema();
+    let mut router = OpenApiRouter::new()
+        .routes(routes!(show, set, clear))
         .with_state(AdminState {
             faults,
             admin,
             max_body_bytes,
             actions,
-        })
+        });
+    router
+        .get_openapi_mut()
+        .components
+        .get_or_insert_with(Default::default)
+        .schemas
+        .insert("FaultState".to_owned(), schema.into());
+    router
 }
 
+impl Faults {
+    /// The JSON schema of [`FaultState`] for this service's switches.
+    fn schema(&self) -> Schema {
+        let mut object = ObjectBuilder::new()
+            .description(Some(
+                "This service's fault switches; a field left out or null leaves its switch as it is",
+            ))
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        for fault in &self.inner.supported {
+            let (kind, min, max, description) = match fault {
+                Fault::ErrorRate => (
+                    Type::Number,
+                    Some(0.0),
+                    Some(1.0),
+                    "Share of API requests answered with a 500",
+                ),
+                Fault::LatencyMs => (
+                    Type::Integer,
+                    Some(0.0),
+                    Some(MAX_DELAY_MS as f64),
+                    "Milliseconds added to every API request",
+                ),
+                Fault::SlowdownMs => (
+                    Type::Integer,
+                    Some(0.0),
+                    Some(MAX_DELAY_MS as f64),
+                    "Milliseconds added to every message processed",
+                ),
+                Fault::NotReady => (Type::Boolean, None, None, "Readiness fails while true"),
+                Fault::DatabaseUnreachable => (
+                    Type::Boolean,
+                    None,
+                    None,
+                    "The database behaves as unreachable while true",
+                ),
+            };
+            object = object.property(
+                fault.as_str(),
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::from_iter([kind, Type::Null]))
+                    .minimum(min)
+                    .maximum(max)
+                    .description(Some(description)),
+            );
+        }
+        object.build().into()
+    }
+}
+
+#[utoipa::path(get, path = "/v1/admin/faults", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "The switches", body = FaultState), AdminRefusals))]
 async fn show(
     State(state): State<AdminState>,
     headers: HeaderMap,
@@ -378,6 +451,11 @@ async fn show(
     Ok(Json(state.faults.state()))
 }
 
+/// Sets the switches given, leaves the others.
+#[utoipa::path(put, path = "/v1/admin/faults", tag = "admin", security(("bearer" = [])),
+    request_body = FaultState,
+    responses((status = 200, description = "The switches after the change", body = FaultState),
+        AdminRefusals, BodyRefusals))]
 async fn set(
     State(state): State<AdminState>,
     headers: HeaderMap,
@@ -391,6 +469,9 @@ async fn set(
     Ok(Json(state.faults.state()))
 }
 
+/// Every switch off.
+#[utoipa::path(delete, path = "/v1/admin/faults", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "The switches, all off", body = FaultState), AdminRefusals))]
 async fn clear(
     State(state): State<AdminState>,
     headers: HeaderMap,

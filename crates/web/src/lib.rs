@@ -7,11 +7,13 @@
 //! - [`admin`]: the admin bearer token, compared in constant time, refusals counted.
 //! - [`shed`]: a global limit on requests in flight, above which requests get a fast 503.
 //! - [`faults`]: fault-injection switches behind the admin token, for the alert scenarios.
+//! - [`openapi`]: the bearer scheme, the shared error answers and `/openapi.json`.
 
 pub mod admin;
 pub mod error;
 pub mod extract;
 pub mod faults;
+pub mod openapi;
 pub mod shed;
 
 pub use admin::{AdminAuth, AuthFailure};

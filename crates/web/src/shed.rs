@@ -17,6 +17,11 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
 use tower::{BoxError, ServiceBuilder};
 
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::response::{Response as DocResponse, ResponseBuilder};
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::{OpenApi, Ref, RefOr};
+
 use crate::ApiError;
 
 /// Limits `api` to `max_concurrent` requests in flight over all its routes together;
@@ -37,6 +42,40 @@ pub fn limit<S: Clone + Send + Sync + 'static>(api: Router<S>, max_concurrent: u
             .layer(GlobalConcurrencyLimitLayer::new(max_concurrent))
             .layer(axum::middleware::from_fn(yield_once)),
     )
+}
+
+/// Adds the 503 of a shed request to every operation of `doc` (the limited API's own).
+pub fn document(doc: &mut OpenApi) {
+    let shed: RefOr<DocResponse> = ResponseBuilder::new()
+        .description("Too many requests in flight: shed at once; retry later")
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(RefOr::<Schema>::Ref(Ref::from_schema_name(
+                    "ErrorBody",
+                ))))
+                .build(),
+        )
+        .build()
+        .into();
+    for item in doc.paths.paths.values_mut() {
+        for operation in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            operation
+                .responses
+                .responses
+                .entry("503".to_owned())
+                .or_insert_with(|| shed.clone());
+        }
+    }
 }
 
 /// Handlers that never wait (the model's arithmetic) would finish within the poll that

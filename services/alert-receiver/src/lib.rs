@@ -16,15 +16,17 @@ use anyhow::Context as _;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tidewatch_telemetry::catalog;
 use tidewatch_telemetry::server::{instrument, ops_router, serve};
 use tidewatch_telemetry::{Shutdown, Telemetry, TelemetryArgs};
-use tidewatch_web::{ApiError, BodyLimit, JsonBody};
+use tidewatch_web::openapi::{self, BodyRefusals};
+use tidewatch_web::{ApiError, BodyLimit, ErrorBody, JsonBody};
 use tokio::net::TcpListener;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub const SERVICE: &str = "alert-receiver";
 
@@ -69,8 +71,8 @@ impl tidewatch_telemetry::runner::ServiceSettings for Settings {
     }
 }
 
-/// Alertmanager's webhook payload (the fields used here; others are ignored).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// Alertmanager's webhook payload (the fields used here; others are accepted and ignored).
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Webhook {
     pub version: Option<String>,
@@ -82,7 +84,7 @@ pub struct Webhook {
     pub alerts: Vec<Alert>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Alert {
     pub status: String,
@@ -98,7 +100,7 @@ pub struct Alert {
 }
 
 /// One received notification, as listed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Notification {
     /// Sequence number since start.
     pub id: u64,
@@ -206,12 +208,19 @@ fn bounded<'a>(value: &str, set: &[&'a str]) -> &'a str {
         .unwrap_or(set[set.len() - 1])
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub id: u64,
     pub alerts: usize,
 }
 
+/// One notification from Alertmanager for `receiver`.
+#[utoipa::path(post, path = "/v1/webhook/{receiver}", tag = "alerts",
+    params(("receiver" = String, Path, description = "A receiver of alertmanager.yml (`--receivers`)")),
+    request_body = Webhook,
+    responses((status = 200, description = "Recorded: its sequence number and alert count", body = Accepted),
+        (status = 404, description = "No such receiver", body = ErrorBody),
+        BodyRefusals))]
 async fn webhook(
     State(state): State<AppState>,
     Path(receiver): Path<String>,
@@ -234,20 +243,31 @@ async fn webhook(
     Ok(Json(Accepted { id, alerts }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only this receiver's notifications.
     receiver: Option<String>,
+    /// Only notifications carrying an alert of this name.
     alertname: Option<String>,
+    /// Only notifications of this status (`firing`, `resolved`).
     status: Option<String>,
+    /// How many, newest first (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct NotificationList {
     pub notifications: Vec<Notification>,
 }
 
+/// The notifications received, newest first.
+#[utoipa::path(get, path = "/v1/notifications", tag = "alerts", params(ListQuery),
+    responses((status = 200, description = "Newest first", body = NotificationList),
+        (status = 400, description = "The query string cannot be read", body = ErrorBody),
+        (status = 422, description = "`limit` out of range", body = ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -287,16 +307,39 @@ async fn list(
     Ok(Json(NotificationList { notifications }))
 }
 
-/// The routes, with JSON 404/405 and the ops endpoints.
+/// The routes, documented at `/openapi.json`, with JSON 404/405 and the ops endpoints.
 pub fn router(state: AppState, telemetry: Telemetry) -> Router {
-    let app = Router::new()
-        .route("/v1/webhook/{receiver}", post(webhook))
-        .route("/v1/notifications", get(list))
-        .with_state(state)
-        .merge(ops_router(telemetry))
-        .fallback(|| async { ApiError::not_found() })
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
-    instrument(app)
+    let receivers = state.0.receivers.clone();
+    let (api, mut doc) = OpenApiRouter::with_openapi(openapi::document(
+        "Tidewatch alert-receiver",
+        "Receives Alertmanager webhooks: logs, counts and lists them.",
+    ))
+    .routes(routes!(webhook))
+    .routes(routes!(list))
+    .with_state(state)
+    .split_for_parts();
+    name_receivers(&mut doc, receivers);
+    instrument(openapi::finish(api.merge(ops_router(telemetry)), &doc))
+}
+
+/// The webhook's `receiver` takes exactly the configured names.
+fn name_receivers(doc: &mut utoipa::openapi::OpenApi, receivers: Vec<String>) {
+    let parameters = doc
+        .paths
+        .paths
+        .get_mut("/v1/webhook/{receiver}")
+        .and_then(|item| item.post.as_mut())
+        .and_then(|op| op.parameters.as_mut());
+    for parameter in parameters.into_iter().flatten() {
+        if parameter.name == "receiver" {
+            parameter.schema = Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(receivers.clone()))
+                    .into(),
+            );
+        }
+    }
 }
 
 /// A built service: listener bound (port 0 works).

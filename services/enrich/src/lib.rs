@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::State;
 use clap::Parser;
 use tidewatch_db::DatabaseArgs;
 use tidewatch_kafka::dlq::ENCODE_FAILED;
@@ -24,6 +25,8 @@ use tidewatch_schema::{
 use tidewatch_telemetry::{
     ComponentHealth, Criticality, HealthHandle, Shutdown, Telemetry, TelemetryArgs,
 };
+
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::anomaly::{Detector, Scorecard};
 use crate::reference::{
@@ -118,14 +121,17 @@ impl<S> std::fmt::Debug for Enrich<S> {
 
 /// `GET /v1/cache/stats`: the reference cache's size, capacity, hit ratio, evictions, stale
 /// serves and oldest entry age (published by the stage at most a second apart).
-pub fn api(stats: Arc<Mutex<CacheStats>>) -> axum::Router {
-    axum::Router::new().route(
-        "/v1/cache/stats",
-        axum::routing::get(move || {
-            let stats = stats.clone();
-            async move { axum::Json(stats.lock().unwrap_or_else(|e| e.into_inner()).clone()) }
-        }),
-    )
+pub fn api(stats: Arc<Mutex<CacheStats>>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(cache_stats))
+        .with_state(stats)
+}
+
+/// The reference cache as the stage last published it.
+#[utoipa::path(get, path = "/v1/cache/stats", tag = "enrich",
+    responses((status = 200, description = "The reference cache", body = CacheStats)))]
+async fn cache_stats(State(stats): State<Arc<Mutex<CacheStats>>>) -> axum::Json<CacheStats> {
+    axum::Json(stats.lock().unwrap_or_else(|e| e.into_inner()).clone())
 }
 
 impl<S: InstrumentSource> Enrich<S> {

@@ -132,7 +132,7 @@ impl CacheMetrics {
 
 /// The cache as `GET /v1/cache/stats` shows it, published by the stage at most a second
 /// apart (the cache itself belongs to the stage loop, which takes no lock per lookup).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct CacheStats {
     pub entries: usize,
     pub capacity: usize,

@@ -27,7 +27,9 @@ use tidewatch_telemetry::{
     catalog, ComponentHealth, Criticality, Shutdown, Telemetry, TelemetryArgs,
 };
 use tidewatch_web::faults::{self, Fault, Faults};
+use tidewatch_web::openapi;
 use tokio::net::TcpListener;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::control::{Control, Pacer};
 use crate::stream::{anomaly_str, Kind, Mix, RecordStream};
@@ -629,15 +631,21 @@ impl Generator {
         // (LowGenerationRate) as it would without enough CPU.
         let faults = Faults::new(&[Fault::SlowdownMs]);
         faults.register_health(&telemetry.health);
-        let app = instrument(
-            routes::router(routes::AppState::new(
-                shared.clone(),
-                admin.clone(),
-                max_body_bytes,
-            ))
-            .merge(faults::router(faults.clone(), admin, max_body_bytes))
-            .merge(ops_router(telemetry.clone())),
-        );
+        let (api, doc) = OpenApiRouter::with_openapi(openapi::document(
+            "Tidewatch generator",
+            "The seeded market: its status, and run-time control behind the admin token.",
+        ))
+        .merge(routes::router(routes::AppState::new(
+            shared.clone(),
+            admin.clone(),
+            max_body_bytes,
+        )))
+        .merge(faults::router(faults.clone(), admin, max_body_bytes))
+        .split_for_parts();
+        let app = instrument(openapi::finish(
+            api.merge(ops_router(telemetry.clone())),
+            &doc,
+        ));
         let server_stop = Shutdown::new();
         let server = tokio::spawn({
             let (telemetry, stop) = (telemetry.clone(), server_stop.clone());

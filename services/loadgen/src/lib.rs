@@ -21,21 +21,22 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::{get, put};
 use axum::{Json, Router};
 use clap::Parser;
 use metrics::{Counter, Gauge, Histogram};
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tidewatch_market_sim::{Market, MarketConfig};
 use tidewatch_model::features::{Bar, FeatureBuilder, Features};
 use tidewatch_telemetry::server::{instrument, ops_router, serve};
 use tidewatch_telemetry::{catalog, Shutdown, Telemetry, TelemetryArgs};
+use tidewatch_web::openapi::{self, AdminRefusals, BodyRefusals};
 use tidewatch_web::{AdminAuth, ApiError, BodyLimit, JsonBody};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub const SERVICE: &str = "loadgen";
 /// Most requests per second the admin endpoint accepts.
@@ -397,7 +398,12 @@ async fn send(
                 () = control.changed.notified() => continue,
             }
         }
-        let due = anchor + Duration::from_secs_f64(sent as f64 / rate);
+        let Some(due) = next_due(anchor, sent, rate) else {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = control.changed.notified() => continue,
+            }
+        };
         tokio::select! {
             () = tokio::time::sleep_until(due.into()) => {}
             () = shutdown.cancelled() => return,
@@ -462,34 +468,68 @@ impl BodyLimit for AppState {
     }
 }
 
+/// The routes, documented at `/openapi.json`, with JSON 404/405.
 fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/admin/rate", put(set_rate))
-        .with_state(state)
-        .fallback(|| async { ApiError::not_found() })
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+    let (api, doc) = OpenApiRouter::with_openapi(openapi::document(
+        "Tidewatch loadgen",
+        "Steady prediction requests to the API: status, and the rate behind the admin token.",
+    ))
+    .routes(routes!(status))
+    .routes(routes!(set_rate))
+    .with_state(state)
+    .split_for_parts();
+    openapi::finish(api, &doc)
 }
 
-async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "settings": *state.settings,
-        "requests_per_second": state.control.rate(),
-        "in_flight": state.control.in_flight.load(Ordering::Acquire),
-    }))
+#[derive(Serialize, utoipa::ToSchema)]
+struct Status {
+    /// The settings the load driver runs with (no secrets).
+    #[schema(value_type = Object)]
+    settings: serde_json::Value,
+    requests_per_second: f64,
+    in_flight: usize,
 }
 
-#[derive(Debug, Deserialize)]
+#[utoipa::path(get, path = "/v1/status", tag = "loadgen",
+    responses((status = 200, description = "Settings, rate and requests in flight", body = Status)))]
+async fn status(State(state): State<AppState>) -> Json<Status> {
+    Json(Status {
+        settings: (*state.settings).clone(),
+        requests_per_second: state.control.rate(),
+        in_flight: state.control.in_flight.load(Ordering::Acquire),
+    })
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetRate {
+    /// Requests per second, from 0 (none) to 10,000.
+    #[schema(
+        required = true,
+        nullable = false,
+        minimum = 0.0,
+        maximum = 10_000.0,
+        example = 5.0
+    )]
     requests_per_second: Option<f64>,
 }
 
+#[derive(Serialize, utoipa::ToSchema)]
+struct RateChange {
+    requests_per_second: f64,
+    previous: f64,
+}
+
+/// Sets the request rate.
+#[utoipa::path(put, path = "/v1/admin/rate", tag = "admin", security(("bearer" = [])),
+    request_body = SetRate,
+    responses((status = 200, description = "The new rate and the one before", body = RateChange),
+        AdminRefusals, BodyRefusals))]
 async fn set_rate(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<JsonBody<SetRate>, ApiError>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RateChange>, ApiError> {
     state.admin.authorize(&headers)?;
     let JsonBody(req) = body?;
     let rate = req.requests_per_second.ok_or_else(|| {
@@ -507,14 +547,37 @@ async fn set_rate(
         ));
     }
     let previous = state.control.set_rate(rate);
-    Ok(Json(
-        serde_json::json!({"requests_per_second": rate, "previous": previous}),
-    ))
+    Ok(Json(RateChange {
+        requests_per_second: rate,
+        previous,
+    }))
+}
+
+/// When request `sent` (counted from `anchor`) is due at `rate` per second; None when a
+/// rate so small (1e-300 is a valid one) puts it beyond any clock.
+fn next_due(anchor: Instant, sent: u64, rate: f64) -> Option<Instant> {
+    Duration::try_from_secs_f64(sent as f64 / rate)
+        .ok()
+        .and_then(|offset| anchor.checked_add(offset))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tiny_rate_puts_the_next_request_nowhere_instead_of_panicking() {
+        // schemathesis found it: PUT /v1/admin/rate {"requests_per_second": 5e-324} took the
+        // whole process down in Duration::from_secs_f64.
+        let now = Instant::now();
+        assert_eq!(next_due(now, 0, 5e-324), Some(now));
+        assert_eq!(next_due(now, 1, 5e-324), None);
+        assert_eq!(next_due(now, 1, 1e-300), None);
+        assert_eq!(
+            next_due(now, 3, 2.0),
+            Some(now + Duration::from_millis(1500))
+        );
+    }
 
     #[test]
     fn features_come_from_the_market_for_every_symbol_and_are_valid_model_inputs() {

@@ -19,58 +19,40 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use tidewatch_db::registry::{Alias, Registry};
 use tidewatch_model::{Model, ModelArtifact};
 use tidewatch_telemetry::server::{instrument, ops_router, serve};
 use tidewatch_telemetry::{ComponentHealth, Criticality, Shutdown, Telemetry};
 use tokio::net::TcpListener;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::OpenApi as _;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::events::ApiMetrics;
 use crate::settings::Settings;
 use crate::state::AppState;
-use tidewatch_web::{ApiError, BodyLimit as _};
+use tidewatch_web::{openapi, shed, ApiError, BodyLimit as _};
 
 pub const SERVICE: &str = "prediction-api";
 
-#[derive(utoipa::OpenApi)]
-#[openapi(
-    info(title = "Tidewatch prediction API", description = "Volatility-spike predictions from the Tidewatch model."),
-    modifiers(&BearerAuth)
-)]
-struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
 /// The API routes and their OpenAPI document, generated from the same handler annotations.
 pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
-    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(routes::predict::predict))
-        .routes(routes!(routes::predict::predict_batch))
-        .routes(routes!(routes::model::model_info))
-        .routes(routes!(routes::model::set_variant))
-        .routes(routes!(routes::system::system_info))
-        .routes(routes!(routes::drift::drift_status))
-        .routes(routes!(routes::drift::drift_update))
-        .routes(routes!(routes::drift::drift_reset))
-        .with_state(state)
-        .split_for_parts();
-    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    (router, doc)
+    documented(state).split_for_parts()
+}
+
+fn documented(state: AppState) -> OpenApiRouter {
+    OpenApiRouter::with_openapi(openapi::document(
+        "Tidewatch prediction API",
+        "Volatility-spike predictions from the Tidewatch model.",
+    ))
+    .routes(routes!(routes::predict::predict))
+    .routes(routes!(routes::predict::predict_batch))
+    .routes(routes!(routes::model::model_info))
+    .routes(routes!(routes::model::set_variant))
+    .routes(routes!(routes::system::system_info))
+    .routes(routes!(routes::drift::drift_status))
+    .routes(routes!(routes::drift::drift_update))
+    .routes(routes!(routes::drift::drift_reset))
+    .with_state(state)
 }
 
 /// The whole service: API, OpenAPI document, ops endpoints, JSON 404/405, instrumentation.
@@ -82,14 +64,17 @@ pub fn router(state: AppState, telemetry: Telemetry) -> Router {
     let fault_admin =
         tidewatch_web::faults::router(faults.clone(), state.admin_handle(), state.max_body_bytes());
     let max_concurrent = state.settings().max_concurrent_requests;
-    let (api, doc) = api(state);
-    let app = tidewatch_web::shed::limit(faults.wrap(api), max_concurrent)
-        .route("/openapi.json", get(move || async move { Json(doc) }))
+    let (api, mut api_doc) = api(state);
+    if max_concurrent > 0 {
+        shed::document(&mut api_doc);
+    }
+    let (fault_admin, doc) = OpenApiRouter::with_openapi(api_doc)
         .merge(fault_admin)
-        .merge(ops_router(telemetry))
-        .fallback(|| async { ApiError::not_found() })
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
-    instrument(app)
+        .split_for_parts();
+    let app = tidewatch_web::shed::limit(faults.wrap(api), max_concurrent)
+        .merge(fault_admin)
+        .merge(ops_router(telemetry));
+    instrument(openapi::finish(app, &doc))
 }
 
 /// The same API handlers with no instrumentation at all: the benchmark's baseline.

@@ -18,12 +18,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use axum::extract::Query;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{Html, IntoResponse, Response};
 use tidewatch_model::feature_drift::{DriftReport, FeatureDriftTracker};
 use tidewatch_model::profile::ReferenceProfile;
-use tidewatch_web::error::ApiError;
+use tidewatch_web::error::{ApiError, ErrorBody};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use clap::Parser;
 use metrics::{Counter, Gauge, Histogram};
@@ -241,25 +242,47 @@ pub fn load_profile(path: &std::path::Path, model: &Model) -> anyhow::Result<Ref
 }
 
 /// How `GET /v1/drift/report` answers: `json` (the default) or `html`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReportQuery {
+    /// `json`, or `html` for a page with the histograms; without it, a browser's
+    /// `Accept: text/html` gets the page.
+    #[param(inline, value_type = Option<ReportFormat>)]
     format: Option<String>,
+}
+
+/// The formats of `GET /v1/drift/report`.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // documents the values `format` accepts
+enum ReportFormat {
+    Json,
+    Html,
 }
 
 /// `GET /v1/drift/report`: per-feature drift against the training data, as JSON or (with
 /// `?format=html`, or a browser's `Accept: text/html`) as a page with the histograms.
-pub fn api(tracker: Arc<Mutex<FeatureDriftTracker>>) -> axum::Router {
-    axum::Router::new().route(
-        "/v1/drift/report",
-        axum::routing::get(
-            move |query: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
-                  headers: HeaderMap| {
-                let tracker = tracker.clone();
-                async move { drift_report(&tracker, query, &headers) }
-            },
-        ),
-    )
+pub fn api(tracker: Arc<Mutex<FeatureDriftTracker>>) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(drift_report_route))
+        .with_state(tracker)
+}
+
+/// Per-feature drift of the recent window against the training data.
+#[utoipa::path(get, path = "/v1/drift/report", tag = "drift", params(ReportQuery),
+    responses(
+        (status = 200, description = "The report",
+            content((DriftReport = "application/json"), (String = "text/html"))),
+        (status = 400, description = "The query string cannot be read", body = ErrorBody),
+        (status = 422, description = "`format` is neither json nor html", body = ErrorBody),
+    ))]
+async fn drift_report_route(
+    State(tracker): State<Arc<Mutex<FeatureDriftTracker>>>,
+    query: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    drift_report(&tracker, query, &headers)
 }
 
 fn lock(tracker: &Mutex<FeatureDriftTracker>) -> std::sync::MutexGuard<'_, FeatureDriftTracker> {

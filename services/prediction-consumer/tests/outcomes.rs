@@ -253,7 +253,7 @@ async fn the_report_endpoint_answers_json_html_and_errors_naming_the_field() {
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
     let consumer = consumer();
-    let app = prediction_consumer::api(consumer.drift_tracker());
+    let app: axum::Router = prediction_consumer::api(consumer.drift_tracker()).into();
     let get = |uri: &str, accept: Option<&str>| {
         let mut request = axum::http::Request::get(uri);
         if let Some(a) = accept {

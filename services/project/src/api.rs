@@ -8,14 +8,12 @@ use std::collections::HashMap;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use sqlx::FromRow;
-use tidewatch_web::{ApiError, ErrorBody};
+use tidewatch_web::{openapi, ApiError, ErrorBody};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use utoipa::OpenApi as _;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::store::{is_connection_error, timestamp, Store};
@@ -27,27 +25,25 @@ const DEFAULT_LIMIT: u32 = 500;
 /// The bar intervals the projection holds.
 const INTERVALS: [(&str, i32); 1] = [("1m", 60)];
 
-#[derive(utoipa::OpenApi)]
-#[openapi(info(
-    title = "Tidewatch read API",
-    description = "Bars, predictions and their outcomes as projected into PostgreSQL by the `project` service."
-))]
-struct ApiDoc;
+/// The routes and their OpenAPI document, without fallbacks: the stage service serves them
+/// beside its fault switches, with one document for both.
+pub fn documented(store: Store) -> (Router, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(openapi::document(
+        "Tidewatch read API",
+        "Bars, predictions and their outcomes as projected into PostgreSQL by the `project` service.",
+    ))
+    .routes(routes!(symbols))
+    .routes(routes!(latest))
+    .routes(routes!(bars))
+    .routes(routes!(predictions))
+    .with_state(store)
+    .split_for_parts()
+}
 
 /// The routes, their OpenAPI document at `/openapi.json`, and JSON 404/405 fallbacks.
 pub fn router(store: Store) -> Router {
-    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(symbols))
-        .routes(routes!(latest))
-        .routes(routes!(bars))
-        .routes(routes!(predictions))
-        .with_state(store)
-        .split_for_parts();
-    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    router
-        .route("/openapi.json", get(move || async move { Json(doc) }))
-        .fallback(|| async { ApiError::not_found() })
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+    let (router, doc) = documented(store);
+    openapi::finish(router, &doc)
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -142,19 +138,12 @@ impl Params {
             .transpose()
     }
 
-    /// `[from, to)`, both optional, `from` before `to`.
+    /// `[from, to)`, both optional; with `to` at or before `from` the range is empty.
     fn range(&self) -> Result<(OffsetDateTime, OffsetDateTime), ApiError> {
         let from = self.time("from")?.unwrap_or(timestamp(0));
         let to = self
             .time("to")?
             .unwrap_or_else(|| timestamp(253_402_300_799_000)); // 9999-12-31T23:59:59Z
-        if from >= to {
-            return Err(ApiError::invalid(
-                "to",
-                "invalid_range",
-                "to must be later than from",
-            ));
-        }
         Ok((from, to))
     }
 
@@ -177,8 +166,12 @@ impl Params {
         self.0
             .get("cursor")
             .map(|v| {
-                v.parse::<i64>()
-                    .ok()
+                // What cursor_of writes: milliseconds, up to 14 digits (year 5138).
+                (1..=14)
+                    .contains(&v.len())
+                    .then_some(v)
+                    .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<i64>().ok())
                     .and_then(|ms| {
                         OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
                     })
@@ -384,7 +377,7 @@ fn interval_name(seconds: i32) -> String {
     get,
     path = "/v1/symbols/{symbol}/latest",
     tag = "read",
-    params(("symbol" = String, Path, description = "e.g. BTC-USD")),
+    params(("symbol" = String, Path, description = "e.g. BTC-USD", pattern = r"^[A-Z0-9-]{1,32}$")),
     responses(
         (status = 200, body = Latest),
         (status = 404, description = "Nothing projected for this symbol", body = ErrorBody),
@@ -460,21 +453,35 @@ pub async fn latest(
 
 // --- /v1/bars ---
 
+/// The bar intervals, as the API names them.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the values `interval` takes
+enum IntervalName {
+    #[schema(rename = "1m")]
+    OneMinute,
+}
+
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)] // documents the parameters; `Params` reads them
 struct BarsQuery {
     /// Required, e.g. BTC-USD.
+    #[param(pattern = r"^[A-Z0-9-]{1,32}$")]
     symbol: String,
     /// Bar interval; `1m` (the default) is the one projected.
+    #[param(inline, value_type = Option<IntervalName>)]
     interval: Option<String>,
     /// Bars starting at or after this time (RFC 3339).
+    #[param(format = DateTime)]
     from: Option<String>,
     /// Bars starting before this time (RFC 3339).
+    #[param(format = DateTime)]
     to: Option<String>,
     /// Bars per page, 1 to 1440 (default 500).
+    #[param(minimum = 1, maximum = 1440)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9]{1,14}$")]
     cursor: Option<String>,
 }
 
@@ -589,14 +596,19 @@ fn next_page<R>(
 #[allow(dead_code)] // documents the parameters; `Params` reads them
 struct PredictionsQuery {
     /// Required, e.g. BTC-USD.
+    #[param(pattern = r"^[A-Z0-9-]{1,32}$")]
     symbol: String,
     /// Predictions made at bars starting at or after this time (RFC 3339).
+    #[param(format = DateTime)]
     from: Option<String>,
     /// ... and before this time (RFC 3339).
+    #[param(format = DateTime)]
     to: Option<String>,
     /// Predictions per page, 1 to 1440 (default 500).
+    #[param(minimum = 1, maximum = 1440)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9]{1,14}$")]
     cursor: Option<String>,
 }
 

@@ -132,10 +132,15 @@ impl Project {
         )
         .await?
         .with_faults(faults.clone())
-        .with_api(tidewatch_web::shed::limit(
-            faults.wrap(api::router(store.clone())),
-            settings.max_concurrent_requests,
-        ));
+        .with_api({
+            let (routes, mut doc) = api::documented(store.clone());
+            if settings.max_concurrent_requests > 0 {
+                tidewatch_web::shed::document(&mut doc);
+            }
+            let routes =
+                tidewatch_web::shed::limit(faults.wrap(routes), settings.max_concurrent_requests);
+            (routes, doc)
+        });
         Ok(Self {
             service,
             projection: Projection::new(settings, store),

@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
 use metrics::{Counter, Gauge, Histogram};
@@ -44,10 +43,12 @@ use tidewatch_telemetry::server::{instrument, ops_router, serve};
 use tidewatch_telemetry::{
     catalog, ComponentHealth, Criticality, Shutdown, Telemetry, TelemetryArgs,
 };
-use tidewatch_web::{AdminAuth, ApiError};
+use tidewatch_web::openapi::{self, AdminRefusals};
+use tidewatch_web::{AdminAuth, ApiError, ErrorBody};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub const SERVICE: &str = "trainer";
 
@@ -754,33 +755,59 @@ struct AppState {
     settings: Arc<serde_json::Value>,
 }
 
+/// The routes, documented at `/openapi.json`, with JSON 404/405.
 fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/admin/train", post(train))
-        .with_state(state)
-        .fallback(|| async { ApiError::not_found() })
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+    let (api, doc) = OpenApiRouter::with_openapi(openapi::document(
+        "Tidewatch trainer",
+        "Retrains the model on stored bars: status, and a manual run behind the admin token.",
+    ))
+    .routes(routes!(status))
+    .routes(routes!(train))
+    .with_state(state)
+    .split_for_parts();
+    openapi::finish(api, &doc)
 }
 
-async fn status(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let s = serde_json::to_value(&*lock(&state.status)).unwrap_or_default();
-    Json(serde_json::json!({ "settings": *state.settings, "training": s }))
+#[derive(Serialize, utoipa::ToSchema)]
+struct Status {
+    /// The settings the trainer runs with (no secrets).
+    #[schema(value_type = Object)]
+    settings: serde_json::Value,
+    /// The last runs, the queued one and what drift the trainer saw.
+    #[schema(value_type = Object)]
+    training: serde_json::Value,
 }
 
-/// `POST /v1/admin/train`: queues a manual run (202), unless one is queued already (409).
+#[utoipa::path(get, path = "/v1/status", tag = "trainer",
+    responses((status = 200, description = "Settings and training state", body = Status)))]
+async fn status(State(state): State<AppState>) -> Json<Status> {
+    let training = serde_json::to_value(&*lock(&state.status)).unwrap_or_default();
+    Json(Status {
+        settings: (*state.settings).clone(),
+        training,
+    })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Queued {
+    /// What queued the run: `manual`.
+    queued: &'static str,
+}
+
+/// Queues a manual training run, unless one is queued already.
+#[utoipa::path(post, path = "/v1/admin/train", tag = "admin", security(("bearer" = [])),
+    responses((status = 202, description = "Queued", body = Queued),
+        (status = 409, description = "A run is already queued", body = ErrorBody),
+        AdminRefusals))]
 async fn train(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
     state.admin.authorize(&headers)?;
     match state.queue.try_send(Trigger::Manual) {
         Ok(()) => {
             lock(&state.status).queued = Some(Trigger::Manual);
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(serde_json::json!({"queued": "manual"})),
-            ))
+            Ok((StatusCode::ACCEPTED, Json(Queued { queued: "manual" })))
         }
         Err(_) => Err(ApiError::client(
             StatusCode::CONFLICT,

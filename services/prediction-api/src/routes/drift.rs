@@ -10,16 +10,31 @@ use serde::{Deserialize, Serialize};
 use tidewatch_model::drift::Level;
 use tidewatch_model::monitor::DetectorStatus;
 
-use tidewatch_web::{ApiError, ErrorBody, JsonBody};
+use tidewatch_web::openapi::{AdminRefusals, BodyRefusals};
+use tidewatch_web::{ApiError, JsonBody};
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 
 use crate::state::AppState;
 
-/// A 0/1 label as JSON: `true`/`false` or the integers `1`/`0`.
+/// A 0/1 label as JSON: `true`/`false` or the numbers `1`/`0` (`1.0` too: JSON Schema's
+/// `enum: [0, 1]`, which the document gives, takes it).
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(untagged)]
 pub enum Label {
     Bool(bool),
-    Int(i64),
+    Number(f64),
+}
+
+/// `true`, `false`, `0` or `1`.
+fn label_schema() -> Schema {
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Boolean))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .enum_values(Some([0, 1])),
+        )
+        .into()
 }
 
 fn label(field: &str, value: Option<Label>) -> Result<bool, ApiError> {
@@ -30,9 +45,9 @@ fn label(field: &str, value: Option<Label>) -> Result<bool, ApiError> {
             format!("{field} is required"),
         )),
         Some(Label::Bool(b)) => Ok(b),
-        Some(Label::Int(0)) => Ok(false),
-        Some(Label::Int(1)) => Ok(true),
-        Some(Label::Int(_)) => Err(ApiError::invalid(
+        Some(Label::Number(0.0)) => Ok(false),
+        Some(Label::Number(1.0)) => Ok(true),
+        Some(Label::Number(_)) => Err(ApiError::invalid(
             field,
             "invalid_value",
             format!("{field} must be 0, 1, true or false"),
@@ -43,11 +58,11 @@ fn label(field: &str, value: Option<Label>) -> Result<bool, ApiError> {
 /// One judged prediction. `prediction` and `actual` are 0/1 (or booleans).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct DriftUpdate {
-    /// What the model predicted: 1 (spike) or 0.
-    #[schema(required = true, nullable = false, value_type = i64, example = 1)]
+    /// What the model predicted: 1 (spike) or 0, or a boolean.
+    #[schema(required = true, schema_with = label_schema, example = 1)]
     pub prediction: Option<Label>,
-    /// What happened: 1 (spike) or 0.
-    #[schema(required = true, nullable = false, value_type = i64, example = 0)]
+    /// What happened: 1 (spike) or 0, or a boolean.
+    #[schema(required = true, schema_with = label_schema, example = 0)]
     pub actual: Option<Label>,
     /// The probability the model gave, in [0, 1]; watched by ADWIN for input drift.
     #[schema(
@@ -96,8 +111,7 @@ pub async fn drift_status(State(state): State<AppState>) -> Json<DriftStatus> {
     request_body = DriftUpdate,
     responses(
         (status = 200, description = "The detectors after this outcome", body = DriftStatus),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 422, description = "A field is missing or out of range", body = ErrorBody),
+        BodyRefusals,
     )
 )]
 pub async fn drift_update(
@@ -133,8 +147,7 @@ pub async fn drift_update(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The detectors after the reset", body = DriftStatus),
-        (status = 401, description = "Token missing or wrong", body = ErrorBody),
-        (status = 403, description = "Admin disabled: no token configured", body = ErrorBody),
+        AdminRefusals,
     )
 )]
 pub async fn drift_reset(

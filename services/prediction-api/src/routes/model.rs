@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use tidewatch_model::artifact::{BaselineRule, HeldOut, TrainingMetadata};
 use tidewatch_model::Variant;
 
-use tidewatch_web::{ApiError, ErrorBody, JsonBody};
+use tidewatch_web::openapi::{AdminRefusals, BodyRefusals};
+use tidewatch_web::{ApiError, JsonBody};
 
 use crate::state::AppState;
 
@@ -58,9 +59,17 @@ pub async fn model_info(State(state): State<AppState>) -> Json<ModelInfo> {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SetVariant {
-    /// `ml` or `baseline`.
-    #[schema(required = true, nullable = false, example = "baseline")]
+    #[schema(required = true, nullable = false, value_type = Option<VariantName>, example = "baseline")]
     pub variant: Option<String>,
+}
+
+/// The served variants, as the API names them.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // documents the values
+enum VariantName {
+    Ml,
+    Baseline,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -80,9 +89,8 @@ pub struct VariantChanged {
     security(("bearer" = [])),
     responses(
         (status = 200, body = VariantChanged),
-        (status = 401, description = "Token missing or wrong", body = ErrorBody),
-        (status = 403, description = "Admin disabled: no token configured", body = ErrorBody),
-        (status = 422, description = "Unknown variant", body = ErrorBody),
+        AdminRefusals,
+        BodyRefusals,
     )
 )]
 pub async fn set_variant(

@@ -9,7 +9,8 @@ use tidewatch_model::{Features, Variant};
 
 use crate::state::AppState;
 use tidewatch_web::extract::from_value;
-use tidewatch_web::{ApiError, ErrorBody, ErrorDetail, JsonBody};
+use tidewatch_web::openapi::BodyRefusals;
+use tidewatch_web::{ApiError, ErrorDetail, JsonBody};
 
 /// Most items one batch may carry.
 pub const MAX_BATCH_ITEMS: usize = 1_000;
@@ -20,7 +21,12 @@ const MAX_SYMBOL_LEN: usize = 32;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PredictRequest {
     /// 1-32 characters of `[A-Za-z0-9._-]`.
-    #[schema(required = true, nullable = false, example = "BTC-USD")]
+    #[schema(
+        required = true,
+        nullable = false,
+        example = "BTC-USD",
+        pattern = r"^[A-Za-z0-9._-]{1,32}$"
+    )]
     pub symbol: Option<String>,
     #[schema(required = true, nullable = false)]
     pub features: Option<FeaturesInput>,
@@ -56,8 +62,9 @@ pub struct PredictResponse {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct BatchRequest {
-    /// Up to 1,000 prediction requests.
-    #[schema(required = true, nullable = false, value_type = Vec<PredictRequest>)]
+    /// 1 to 1,000 prediction requests (`PredictRequest`). Each is checked on its own: one
+    /// that is not a valid request gets an `error` entry in the answer, the others a `result`.
+    #[schema(required = true, nullable = false, value_type = Vec<Value>, min_items = 1, max_items = 1000)]
     pub items: Option<Vec<serde_json::Value>>,
 }
 
@@ -178,10 +185,7 @@ fn run(state: &AppState, variant: Variant, symbol: String, features: &Features) 
     request_body = PredictRequest,
     responses(
         (status = 200, description = "Prediction", body = PredictResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Content type is not JSON", body = ErrorBody),
-        (status = 422, description = "A field is missing or invalid; `field` names it", body = ErrorBody),
+        BodyRefusals,
     )
 )]
 pub async fn predict(
@@ -202,10 +206,7 @@ pub async fn predict(
     request_body = BatchRequest,
     responses(
         (status = 200, description = "One entry per item", body = BatchResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Content type is not JSON", body = ErrorBody),
-        (status = 422, description = "`items` missing, empty or over 1,000", body = ErrorBody),
+        BodyRefusals,
     )
 )]
 pub async fn predict_batch(
