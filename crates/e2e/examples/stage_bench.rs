@@ -48,8 +48,9 @@ struct Group {
     seen: AtomicUsize,
     created: Instant,
     assignments: Vec<Arc<Mutex<BTreeSet<i32>>>>,
-    formed: OnceLock<(Instant, usize)>,
-    finished: OnceLock<Instant>,
+    /// When, how many processed by then, and this process's CPU seconds then.
+    formed: OnceLock<(Instant, usize, f64)>,
+    finished: OnceLock<(Instant, f64)>,
     sightings: Mutex<HashSet<(i32, i64)>>,
     redelivered: AtomicUsize,
     stopped: Mutex<Option<Stopped>>,
@@ -104,7 +105,9 @@ impl<P: Processor> Processor for Counting<P> {
                 .all(|a| !Group::lock(a).is_empty())
             {
                 let seen = self.group.seen.load(Ordering::Relaxed);
-                self.group.formed.get_or_init(|| (Instant::now(), seen));
+                self.group
+                    .formed
+                    .get_or_init(|| (Instant::now(), seen, cpu_seconds()));
             } else {
                 // Until every instance holds a partition, the first one to get them all
                 // creeps: the measurement is of the formed group, not of one instance.
@@ -123,7 +126,9 @@ impl<P: Processor> Processor for Counting<P> {
         if !Group::lock(&self.group.sightings).insert((input.partition, input.offset)) {
             self.group.redelivered.fetch_add(1, Ordering::Relaxed);
         } else if self.group.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.group.target {
-            self.group.finished.get_or_init(Instant::now);
+            self.group
+                .finished
+                .get_or_init(|| (Instant::now(), cpu_seconds()));
             self.shutdown.trigger();
         }
         outcome
@@ -195,6 +200,20 @@ async fn passthrough(brokers: &str, input: &str, output: &str, n: usize) -> anyh
     Ok(n as f64 / start.map_or(1.0, |s| s.elapsed().as_secs_f64()))
 }
 
+/// This process's user and system CPU seconds so far (`/proc/self/stat`, in the kernel's
+/// 100 Hz clock ticks); 0 where that cannot be read.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // After the command name's closing parenthesis: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// Longest a group run may take (100,000 messages take seconds).
 const GROUP_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -204,6 +223,9 @@ struct Run {
     formed_after: Duration,
     /// Over the messages processed once the group had formed.
     events_per_second: f64,
+    /// CPU seconds this process spent per wall second over the same stretch: below 1 on a
+    /// single instance means the stage waits (on the broker, on PostgreSQL), not computes.
+    cores_busy: f64,
     redelivered: usize,
     /// With an instance stopped mid-stream: how many partitions it held, and the time from
     /// its stop until the others had processed a message of each (none: some partition
@@ -308,7 +330,8 @@ async fn group<P: Processor>(
     }
     let seen = group.seen.load(Ordering::Relaxed);
     anyhow::ensure!(seen >= n, "the group processed {seen} of {n}");
-    let (Some(&(formed, before)), Some(finished)) = (group.formed.get(), group.finished.get())
+    let (Some(&(formed, before, cpu_formed)), Some(&(finished, cpu_finished))) =
+        (group.formed.get(), group.finished.get())
     else {
         anyhow::bail!(
             "the group of {instances} never formed before its {n} messages were processed"
@@ -325,9 +348,11 @@ async fn group<P: Processor>(
             .map(|l| l.duration_since(s.at));
         (s.partitions.len(), took)
     });
+    let measured = finished.duration_since(formed).as_secs_f64();
     Ok(Run {
         formed_after: formed.duration_since(group.created),
-        events_per_second: (n - before) as f64 / finished.duration_since(formed).as_secs_f64(),
+        events_per_second: (n - before) as f64 / measured,
+        cores_busy: (cpu_finished - cpu_formed) / measured,
         redelivered: group.redelivered.load(Ordering::Relaxed),
         rebalance,
     })
@@ -549,18 +574,20 @@ async fn main() -> anyhow::Result<()> {
         let (out, features) = (format!("{topic}-out"), format!("{topic}-out-f"));
         ensure_topics(&brokers, &[topic, &out, &features], 3).await?;
         fill_unbatched(&brokers, topic, records).await?;
-        let (mut medians, mut formed) = (Vec::new(), Vec::new());
+        let (mut medians, mut formed, mut cores) = (Vec::new(), Vec::new(), Vec::new());
         let mut redelivered = 0;
         for instances in 1..=3 {
-            let mut rates = Vec::new();
+            let (mut rates, mut busy) = (Vec::new(), Vec::new());
             for _ in 0..rounds {
                 let run = run_stage(&brokers, name, topic, n, instances, false, &telemetry).await?;
                 rates.push(run.events_per_second);
+                busy.push(run.cores_busy);
                 formed.push(run.formed_after.as_secs_f64());
                 redelivered = redelivered.max(run.redelivered);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             medians.push(median(rates));
+            cores.push(median(busy));
         }
         let formed3 = median(formed.split_off(formed.len() - rounds));
         println!(
@@ -572,6 +599,14 @@ async fn main() -> anyhow::Result<()> {
             medians[2] / medians[0],
             formed3,
             redelivered
+        );
+        println!(
+            "{:<10} {:>12.2} {:>12.2} {:>12.2}   CPU cores busy (of {}), same runs",
+            "",
+            cores[0],
+            cores[1],
+            cores[2],
+            std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         for _ in 0..rounds {
             let run = run_stage(&brokers, name, topic, n, 3, true, &telemetry).await?;

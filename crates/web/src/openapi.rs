@@ -47,8 +47,8 @@ pub enum BodyRefusals {
     Invalid(ErrorBody),
 }
 
-/// An empty document titled for `service`, at this crate's version, with the admin token's
-/// bearer scheme: the base every service's routes are added to.
+/// An empty document with this title and description, at the workspace version, with the admin
+/// token's bearer scheme and the error body: the base every service's routes are added to.
 pub fn document(title: &str, description: &str) -> OpenApi {
     let mut doc = OpenApiBuilder::new()
         .info(

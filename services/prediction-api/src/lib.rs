@@ -36,10 +36,6 @@ pub const SERVICE: &str = "prediction-api";
 
 /// The API routes and their OpenAPI document, generated from the same handler annotations.
 pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
-    documented(state).split_for_parts()
-}
-
-fn documented(state: AppState) -> OpenApiRouter {
     OpenApiRouter::with_openapi(openapi::document(
         "Tidewatch prediction API",
         "Volatility-spike predictions from the Tidewatch model.",
@@ -53,6 +49,7 @@ fn documented(state: AppState) -> OpenApiRouter {
     .routes(routes!(routes::drift::drift_update))
     .routes(routes!(routes::drift::drift_reset))
     .with_state(state)
+    .split_for_parts()
 }
 
 /// The whole service: API, OpenAPI document, ops endpoints, JSON 404/405, instrumentation.
