@@ -9,14 +9,6 @@ TW_STANDIN_BASE=tidewatch-standin/debian:bookworm
 TW_STANDINS=(kafka postgres prometheus alertmanager node-exporter postgres-exporter)
 TW_DOCKER_PLUGINS=/usr/local/lib/docker/cli-plugins
 
-# The system's Debian mirror, for debootstrap and for the trixie plugins.
-debian_mirror() {
-  local uri
-  uri=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -n 1)
-  [ -n "$uri" ] || uri=$(awk '$1 == "deb" && $0 !~ /security/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null)
-  echo "${uri:-http://deb.debian.org/debian}"
-}
-
 # Compose v2 is not packaged for bookworm (its docker-compose is v1, which rejects `name:`);
 # trixie's docker-compose and docker-buildx are static binaries. They are downloaded through
 # a temporary sources list, so the system's own lists are not touched.

@@ -6,6 +6,9 @@
 
 TW_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TANSU_VERSION=0.6.0
+TANSU_FEATURES=dynostore,postgres
+TW_CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/tidewatch
+TW_BROKER_STORE_ROOT=$TW_CACHE/trixie-postgres
 
 log() { printf '\033[1m[%s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -27,16 +30,45 @@ ensure_apt() {
 }
 
 # Everything the tests need beyond Rust: Prometheus and promtool, Alertmanager and amtool,
-# PostgreSQL, wrk for benchmarks, and tansu (built from crates.io, 12-17 minutes cold).
+# PostgreSQL, wrk for benchmarks, tansu (built from crates.io, 12-17 minutes cold) and the
+# PostgreSQL its durable storage needs.
 ensure_tools() {
   ensure_apt prometheus prometheus-alertmanager prometheus-node-exporter prometheus-postgres-exporter \
-    postgresql wrk python3 curl
+    postgresql wrk python3 curl debootstrap
   export PATH="$HOME/.cargo/bin:$PATH"
   ensure_rust_toolchain
-  if ! tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
-    log "building tansu $TANSU_VERSION from crates.io (once per machine, 12-17 minutes)"
-    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore --quiet
+  # The stamp names the features: a tansu built without the PostgreSQL engine is rebuilt.
+  local stamp="$TW_CACHE/tansu-$TANSU_VERSION-$TANSU_FEATURES"
+  if ! { [ -f "$stamp" ] && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; }; then
+    log "building tansu $TANSU_VERSION ($TANSU_FEATURES) from crates.io (once per machine, 12-17 minutes)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features "$TANSU_FEATURES" --quiet
+    mkdir -p "$TW_CACHE" && : >"$stamp"
   fi
+  ensure_broker_store_root
+}
+
+# The system's Debian mirror, for debootstrap (here and in docker.sh) and trixie's packages.
+debian_mirror() {
+  local uri
+  uri=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v security | head -n 1)
+  [ -n "$uri" ] || uri=$(awk '$1 == "deb" && $0 !~ /security/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null)
+  echo "${uri:-http://deb.debian.org/debian}"
+}
+
+# tansu's PostgreSQL storage (the broker that keeps its topics across a restart) queries
+# with PostgreSQL 16 syntax; bookworm has 15. Debian trixie's PostgreSQL 17 runs in a
+# minimal trixie root of its own (debootstrap from the system's mirror, about a minute,
+# once per machine), started with chroot.
+ensure_broker_store_root() {
+  [ -x "$TW_BROKER_STORE_ROOT/usr/lib/postgresql/17/bin/postgres" ] && return 0
+  local partial="$TW_BROKER_STORE_ROOT.partial"
+  log "debootstrapping Debian trixie with PostgreSQL 17 for tansu's storage (once per machine)"
+  as_root rm -rf "$partial"
+  mkdir -p "$TW_CACHE"
+  as_root debootstrap --variant=minbase --include=postgresql-17 trixie "$partial" \
+    "$(debian_mirror)" >"$TW_CACHE/trixie-postgres.log" 2>&1 \
+    || die "debootstrap failed: $(tail -5 "$TW_CACHE/trixie-postgres.log")"
+  as_root mv "$partial" "$TW_BROKER_STORE_ROOT"
 }
 
 # rust-toolchain.toml pins a release; rustup would download it when missing. A machine whose
@@ -88,6 +120,34 @@ start_tansu() {
   wait_for "tansu on :$TW_KAFKA_PORT" 30 tcp_open "$TW_KAFKA_PORT"
   export TIDEWATCH_KAFKA_BROKERS="127.0.0.1:$TW_KAFKA_PORT"
   log "tansu (Kafka protocol) on $TIDEWATCH_KAFKA_BROKERS"
+}
+
+# The PostgreSQL 17 server that keeps durable brokers' topics (tansu's PostgreSQL storage),
+# in the trixie root; TIDEWATCH_TANSU_STORE is its URL without a database: each broker
+# gets a database of its own (scripts/lib/tansu-postgres.sql).
+start_broker_store() {
+  local root=$TW_BROKER_STORE_ROOT dir bin=/usr/lib/postgresql/17/bin
+  dir=/var/lib/tidewatch/$(basename "$TW_RUN")
+  TW_BROKER_STORE_PORT=${TW_BROKER_STORE_PORT:-$(free_port)}
+  as_root mkdir -p "$root$dir"
+  as_root chroot "$root" chown postgres:postgres "$dir"
+  as_root chroot --userspec=postgres:postgres "$root" "$bin/initdb" -D "$dir/data" -A trust -U postgres \
+    -E UTF8 --locale=C.UTF-8 --no-sync >"$TW_RUN/broker-store-init.log" 2>&1 \
+    || die "initdb (broker store) failed: $(tail -5 "$TW_RUN/broker-store-init.log")"
+  # fsync off: the broker is restarted, not the machine, and the page cache survives that.
+  as_root chroot --userspec=postgres:postgres "$root" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+    -o "-p $TW_BROKER_STORE_PORT -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c dynamic_shared_memory_type=mmap -c max_connections=300" \
+    start >/dev/null || die "PostgreSQL 17 (broker store) did not start: $(tail -5 "$root$dir/postgres.log")"
+  echo "pg17 $dir" >>"$TW_RUN/pids"
+  export TIDEWATCH_TANSU_STORE="postgres://postgres@127.0.0.1:$TW_BROKER_STORE_PORT"
+  log "PostgreSQL 17 for durable brokers on 127.0.0.1:$TW_BROKER_STORE_PORT"
+}
+
+# A database in the broker store with tansu's tables, for one broker: prints its URL.
+broker_store_database() { # name
+  psql -q -v ON_ERROR_STOP=1 "$TIDEWATCH_TANSU_STORE/postgres" -c "create database $1" >/dev/null \
+    && psql -q -v ON_ERROR_STOP=1 "$TIDEWATCH_TANSU_STORE/$1" -f "$TW_ROOT/scripts/lib/tansu-postgres.sql" >/dev/null \
+    && echo "$TIDEWATCH_TANSU_STORE/$1"
 }
 
 pg_bin() { find /usr/lib/postgresql -maxdepth 2 -name bin -type d | sort -V | tail -n 1; }
@@ -203,6 +263,10 @@ infra_stop() {
   while read -r arg what; do
     if [ "$arg" = pg ]; then
       as_postgres "$(pg_bin)/pg_ctl" -D "$what" -m fast -w stop >/dev/null 2>&1
+    elif [ "$arg" = pg17 ]; then
+      as_root chroot --userspec=postgres:postgres "$TW_BROKER_STORE_ROOT" \
+        /usr/lib/postgresql/17/bin/pg_ctl -D "$what/data" -m fast -w stop >/dev/null 2>&1
+      [ -n "${TW_KEEP_RUN:-}" ] || as_root rm -rf "${TW_BROKER_STORE_ROOT:?}$what"
     elif kill "$arg" 2>/dev/null; then
       for _ in $(seq 50); do kill -0 "$arg" 2>/dev/null || break; sleep 0.1; done
       kill -0 "$arg" 2>/dev/null && kill -9 "$arg" 2>/dev/null

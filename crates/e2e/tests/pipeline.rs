@@ -5,9 +5,8 @@
 //! behind a proxy. Mid-stream: normalize, aggregate, enrich and project are SIGKILLed and
 //! restarted, project's PostgreSQL server (a cluster of the test's own) is shut down and
 //! started again ten seconds later, and every client loses the broker for three seconds
-//! (the proxy closes every connection and refuses new ones, as a broker restart does;
-//! tansu keeps topics in memory, its SQLite storage could not carry this load, and its
-//! PostgreSQL storage stalled consumers that resumed from a committed offset).
+//! (the proxy closes every connection and refuses new ones while the broker keeps running;
+//! `pipeline_group.rs` kills and restarts the broker process itself).
 //!
 //! The test then recomputes every bar and every feature vector independently from what the
 //! generator published and finds them equal to what aggregate wrote and to what PostgreSQL

@@ -750,6 +750,116 @@ impl Drop for ProxiedBroker {
     }
 }
 
+/// tansu with its PostgreSQL storage, in a database of its own in the broker store
+/// (`TIDEWATCH_TANSU_STORE`, PostgreSQL 17, started by `scripts/lib/infra.sh`), on a free
+/// loopback port, so the test can kill the broker process and start it again with its
+/// topics, records, committed offsets and groups kept.
+pub struct DurableBroker {
+    port: u16,
+    storage: String,
+    log: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl DurableBroker {
+    pub async fn start() -> Self {
+        use sqlx::Connection as _;
+        let store = tidewatch_e2e::env_var("TIDEWATCH_TANSU_STORE");
+        let port = tidewatch_e2e::free_port();
+        let name = format!("broker_{}_{port}", std::process::id());
+        let mut admin = sqlx::PgConnection::connect(&format!("{store}/postgres"))
+            .await
+            .expect("the broker store answers (scripts/test starts it)");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("broker database");
+        let storage = format!("{store}/{name}");
+        let mut db = sqlx::PgConnection::connect(&storage)
+            .await
+            .expect("broker database");
+        sqlx::raw_sql(include_str!("../../../../scripts/lib/tansu-postgres.sql"))
+            .execute(&mut db)
+            .await
+            .expect("tansu's tables");
+        let log = std::env::temp_dir().join(format!("tidewatch-e2e-tansu-{name}.log"));
+        let mut broker = Self {
+            port,
+            storage,
+            log,
+            child: None,
+        };
+        broker.start_process().await;
+        broker
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILLs the broker process, waits until its port is free, keeps it down for
+    /// `down`, then starts it again on the same port and storage.
+    pub async fn restart(&mut self, down: Duration) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpListener::bind(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu's port was not freed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(down).await;
+        self.start_process().await;
+    }
+
+    async fn start_process(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("tansu log");
+        let url = format!("tcp://{}", self.brokers());
+        self.child = Some(
+            std::process::Command::new(std::env::var("TANSU").unwrap_or_else(|_| "tansu".into()))
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                    "--storage-engine",
+                    &self.storage,
+                ])
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("tansu starts (scripts/test puts it on PATH)"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for DurableBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Messages in `topics` now (sum of high minus low watermarks).
 pub fn topic_messages(brokers: &str, topics: &[&str]) -> i64 {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
