@@ -1,10 +1,16 @@
-//! Per-request telemetry for axum servers, in one layer: a request id, a `tracing` span that
-//! carries it onto every log line of the request, and RED metrics named after the
-//! OpenTelemetry HTTP semantic conventions.
+//! Per-request telemetry for axum servers, in one layer: a request id that reaches every log
+//! line the request writes, and RED metrics named after the OpenTelemetry HTTP semantic
+//! conventions.
 //!
 //! One layer rather than tower-http's request-id and trace layers plus a metrics layer: the
 //! handlers of this workspace answer in tens of microseconds, so every per-request
 //! allocation, header copy and wrapper future shows in throughput (see BENCHMARKS.md).
+//!
+//! No `tracing` span is opened per request: a span costs a registry slot and, under the JSON
+//! subscriber, its fields formatted and stored, whether or not anything is logged. Instead,
+//! while the request's future is polled, the thread knows its request ([`with_current`]), and
+//! the log formatter (`logging.rs`) adds `request_id`, `method` and `route` to any line
+//! written then. That costs two reference-count increments per poll and nothing else.
 //!
 //! [`HttpMetricsLayer`] must be applied with `Router::layer` (after routing) so that the
 //! route label is the matched template (`/v1/items/{id}`), never the raw path; requests that
@@ -12,6 +18,7 @@
 //! (method, route, status) are registered on first use and reused, so the hot path does two
 //! map look-ups under a read lock and no string building.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -261,42 +268,84 @@ where
         if let Some(size) = size {
             handles.request_size.record(size as f64);
         }
-        let span = tracing::info_span!(
-            "request",
-            request_id = id.to_str().unwrap_or("-"),
-            method = handles.method,
-            route = &*handles.route,
-        );
         handles.active.increment(1.0);
-        let inner = span.in_scope(|| self.inner.call(req));
+        let current = CurrentRequest { id, handles };
+        let inner = current.clone().scope(|| self.inner.call(req));
         ResponseFuture {
             inner,
-            span,
-            guard: Some(InFlight { handles, start, id }),
+            guard: Some(InFlight { current, start }),
         }
     }
 }
 
+/// The request a thread is working on, as log lines name it.
+#[derive(Clone, Debug)]
+pub struct CurrentRequest {
+    id: HeaderValue,
+    handles: Arc<RouteHandles>,
+}
+
+impl CurrentRequest {
+    /// The `x-request-id` value (the client's, or generated).
+    pub fn id(&self) -> &str {
+        self.id.to_str().unwrap_or("-")
+    }
+
+    /// The method label (`GET`, ..., `_OTHER`).
+    pub fn method(&self) -> &'static str {
+        self.handles.method
+    }
+
+    /// The matched route template, or [`UNMATCHED_ROUTE`].
+    pub fn route(&self) -> &str {
+        &self.handles.route
+    }
+
+    /// Runs `f` with this request as the thread's current one, then restores the previous.
+    fn scope<T>(self, f: impl FnOnce() -> T) -> T {
+        struct Restore(Option<CurrentRequest>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let previous = self.0.take();
+                CURRENT.with(|c| *c.borrow_mut() = previous);
+            }
+        }
+        let _restore = Restore(CURRENT.with(|c| c.borrow_mut().replace(self)));
+        f()
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<CurrentRequest>> = const { RefCell::new(None) };
+}
+
+/// Calls `f` with the request whose future this thread is polling, if any: what the log
+/// formatter adds to a line.
+pub fn with_current<T>(f: impl FnOnce(Option<&CurrentRequest>) -> T) -> T {
+    CURRENT.with(|c| match c.try_borrow() {
+        Ok(current) => f(current.as_ref()),
+        Err(_) => f(None),
+    })
+}
+
 /// Decrements the in-flight gauge even when the client goes away and the future is dropped.
 struct InFlight {
-    handles: Arc<RouteHandles>,
+    current: CurrentRequest,
     start: Instant,
-    id: HeaderValue,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.handles.active.decrement(1.0);
+        self.current.handles.active.decrement(1.0);
     }
 }
 
 pin_project_lite::pin_project! {
-    /// Future of [`HttpMetrics`]: runs the handler in the request span and records the
-    /// outcome when the response is ready.
+    /// Future of [`HttpMetrics`]: polls the handler with its request current on the thread
+    /// and records the outcome when the response is ready.
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        span: tracing::Span,
         guard: Option<InFlight>,
     }
 }
@@ -310,28 +359,41 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
-        let mut result = std::task::ready!(this.inner.poll(cx));
-        if let (Some(guard), Ok(response)) = (this.guard.take(), &mut result) {
-            let code = response.status().as_u16();
-            let elapsed = guard.start.elapsed();
-            let status = guard.handles.status(code);
-            status.duration.record(elapsed.as_secs_f64());
-            status.requests.increment(1);
-            if let Some(size) = response.body().size_hint().exact() {
-                guard.handles.response_size.record(size as f64);
+        let Some(guard) = this.guard.as_ref() else {
+            return this.inner.poll(cx);
+        };
+        let current = guard.current.clone();
+        current.scope(|| {
+            let mut result = std::task::ready!(this.inner.poll(cx));
+            if let (Some(guard), Ok(response)) = (this.guard.take(), &mut result) {
+                guard.finish(response);
             }
-            let latency_ms = elapsed.as_secs_f64() * 1e3;
-            if code >= 500 {
-                tracing::error!(status = code, latency_ms, "request failed");
-            } else {
-                tracing::debug!(status = code, latency_ms, "request finished");
-            }
-            response
-                .headers_mut()
-                .insert(X_REQUEST_ID.clone(), guard.id.clone());
+            Poll::Ready(result)
+        })
+    }
+}
+
+impl InFlight {
+    /// Records the response's metrics, logs a failure, and echoes the request id.
+    fn finish<B: Body>(self, response: &mut Response<B>) {
+        let code = response.status().as_u16();
+        let elapsed = self.start.elapsed();
+        let handles = &self.current.handles;
+        let status = handles.status(code);
+        status.duration.record(elapsed.as_secs_f64());
+        status.requests.increment(1);
+        if let Some(size) = response.body().size_hint().exact() {
+            handles.response_size.record(size as f64);
         }
-        Poll::Ready(result)
+        let latency_ms = elapsed.as_secs_f64() * 1e3;
+        if code >= 500 {
+            tracing::error!(status = code, latency_ms, "request failed");
+        } else {
+            tracing::debug!(status = code, latency_ms, "request finished");
+        }
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), self.current.id.clone());
     }
 }
 
