@@ -546,14 +546,7 @@ impl PrivateBroker {
     /// Starts tansu on the same port and waits until it accepts connections.
     pub fn start_server(&mut self) -> anyhow::Result<()> {
         let url = format!("tcp://{}", self.brokers());
-        let child = Command::new("tansu")
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
+        let child = tansu_broker(&url, &url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -565,6 +558,20 @@ impl PrivateBroker {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         })
     }
+}
+
+/// `tansu broker` listening on `listen` and advertising `advertised` (`tcp://host:port`),
+/// in memory unless `--storage-engine` is added; `$TANSU` names another binary.
+pub fn tansu_broker(listen: &str, advertised: &str) -> Command {
+    let mut command = Command::new(std::env::var("TANSU").unwrap_or_else(|_| "tansu".into()));
+    command.args([
+        "broker",
+        "--listener-url",
+        listen,
+        "--advertised-listener-url",
+        advertised,
+    ]);
+    command
 }
 
 /// Polls `done` every 100 ms for up to 30 s.

@@ -717,19 +717,14 @@ impl ProxiedBroker {
             std::process::id()
         )))
         .expect("tansu log");
-        let child =
-            std::process::Command::new(std::env::var("TANSU").unwrap_or_else(|_| "tansu".into()))
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &format!("tcp://127.0.0.1:{port}"),
-                    "--advertised-listener-url",
-                    &format!("tcp://{}", proxy.addr),
-                ])
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .expect("tansu starts (scripts/test puts it on PATH)");
+        let child = tidewatch_e2e::tansu_broker(
+            &format!("tcp://127.0.0.1:{port}"),
+            &format!("tcp://{}", proxy.addr),
+        )
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("tansu starts (scripts/test puts it on PATH)");
         let deadline = Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(target).await.is_err() {
             assert!(Instant::now() < deadline, "tansu did not listen");
@@ -821,16 +816,8 @@ impl DurableBroker {
             .expect("tansu log");
         let url = format!("tcp://{}", self.brokers());
         self.child = Some(
-            std::process::Command::new(std::env::var("TANSU").unwrap_or_else(|_| "tansu".into()))
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                    "--storage-engine",
-                    &self.storage,
-                ])
+            tidewatch_e2e::tansu_broker(&url, &url)
+                .args(["--storage-engine", &self.storage])
                 .stdout(log.try_clone().expect("log"))
                 .stderr(log)
                 .spawn()
