@@ -57,6 +57,21 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
 /// only, never to the ops or admin fault routes, so a fault can always be seen and cleared
 /// and probes answer under overload.
 pub fn router(state: AppState, telemetry: Telemetry) -> Router {
+    let (app, doc) = app(state);
+    instrument(openapi::finish(app.merge(ops_router(telemetry)), &doc))
+}
+
+/// The API and admin routes with the fault switches and the concurrency limit, as
+/// [`router`] serves them, but with no request layer and no ops routes: the benchmark's
+/// middle server, which tells the instrumentation's cost from these features'.
+pub fn uninstrumented_router(state: AppState) -> Router {
+    let (app, doc) = app(state);
+    openapi::finish(app, &doc)
+}
+
+/// The API behind the fault switches and the concurrency limit, the fault admin routes, and
+/// their document.
+fn app(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let faults = state.faults().clone();
     let fault_admin =
         tidewatch_web::faults::router(faults.clone(), state.admin_handle(), state.max_body_bytes());
@@ -68,10 +83,8 @@ pub fn router(state: AppState, telemetry: Telemetry) -> Router {
     let (fault_admin, doc) = OpenApiRouter::with_openapi(api_doc)
         .merge(fault_admin)
         .split_for_parts();
-    let app = tidewatch_web::shed::limit(faults.wrap(api), max_concurrent)
-        .merge(fault_admin)
-        .merge(ops_router(telemetry));
-    instrument(openapi::finish(app, &doc))
+    let app = tidewatch_web::shed::limit(faults.wrap(api), max_concurrent).merge(fault_admin);
+    (app, doc)
 }
 
 /// The same API handlers with no instrumentation at all: the benchmark's baseline.
