@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use metrics::{Counter, Gauge};
@@ -322,32 +321,81 @@ impl Faults {
         let _ = self.apply(&off);
     }
 
-    /// Middleware for an API's routes (never the ops or admin routes): the injected latency,
-    /// then the injected share of 500s.
-    pub async fn middleware(
-        State(faults): State<Faults>,
-        request: Request,
-        next: Next,
-    ) -> Response {
-        let latency = faults.latency();
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
+    /// Layers the fault check onto `api`'s routes (never the ops or admin routes): the
+    /// injected latency, then the injected share of 500s.
+    pub fn wrap<S: Clone + Send + Sync + 'static>(&self, api: Router<S>) -> Router<S> {
+        api.layer(FaultLayer(self.clone()))
+    }
+}
+
+/// The fault check as a tower layer. With every switch off (always, outside a fault
+/// scenario) a request costs two atomic loads and goes straight to the inner service's own
+/// future: no boxed future, no state clone (an axum `from_fn` middleware cost both on every
+/// request, measurable on the prediction API; BENCHMARKS.md).
+#[derive(Clone)]
+struct FaultLayer(Faults);
+
+impl<S> tower::Layer<S> for FaultLayer {
+    type Service = FaultService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        FaultService {
+            inner,
+            faults: self.0.clone(),
         }
-        let rate = faults.error_rate();
-        if rate > 0.0 && rand::random::<f64>() < rate {
-            tracing::debug!("injected error");
-            return ApiError::from(anyhow::anyhow!("injected fault (error_rate {rate})"))
-                .into_response();
-        }
-        next.run(request).await
+    }
+}
+
+#[derive(Clone)]
+struct FaultService<S> {
+    inner: S,
+    faults: Faults,
+}
+
+type Injected = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send>,
+>;
+
+impl<S> tower::Service<Request> for FaultService<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::Either<S::Future, Injected>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
     }
 
-    /// Layers [`Faults::middleware`] onto `api`.
-    pub fn wrap<S: Clone + Send + Sync + 'static>(&self, api: Router<S>) -> Router<S> {
-        api.layer(axum::middleware::from_fn_with_state(
-            self.clone(),
-            Self::middleware,
-        ))
+    fn call(&mut self, request: Request) -> Self::Future {
+        let latency = self.faults.latency();
+        let rate = self.faults.error_rate();
+        if latency.is_zero() && rate <= 0.0 {
+            return futures::future::Either::Left(self.inner.call(request));
+        }
+        // The ready service goes into the future; a clone stays for the next call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        futures::future::Either::Right(Box::pin(async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            if rate > 0.0 && rand::random::<f64>() < rate {
+                tracing::debug!("injected error");
+                return Ok(
+                    ApiError::from(anyhow::anyhow!("injected fault (error_rate {rate})"))
+                        .into_response(),
+                );
+            }
+            inner.call(request).await
+        }))
     }
 }
 
@@ -492,6 +540,51 @@ mod tests {
             ApiError::Client { detail, .. } => detail.field,
             ApiError::Unexpected(_) => None,
         }
+    }
+
+    async fn status_after(app: &Router) -> (u16, std::time::Duration) {
+        use tower::ServiceExt as _;
+        let started = tokio::time::Instant::now();
+        let response = app
+            .clone()
+            .oneshot(
+                Request::get("/work")
+                    .body(axum::body::Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        (response.status().as_u16(), started.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_layer_passes_requests_through_until_a_switch_is_set() {
+        let faults = Faults::new(&Fault::API);
+        let app = faults.wrap(Router::new().route("/work", axum::routing::get(|| async { "ok" })));
+        let (status, took) = status_after(&app).await;
+        assert_eq!((status, took), (200, std::time::Duration::ZERO));
+
+        faults
+            .apply(&FaultState {
+                latency_ms: Some(800),
+                ..FaultState::default()
+            })
+            .expect("latency");
+        let (status, took) = status_after(&app).await;
+        assert_eq!(status, 200);
+        assert!(took >= std::time::Duration::from_millis(800), "{took:?}");
+
+        faults
+            .apply(&FaultState {
+                latency_ms: Some(0),
+                error_rate: Some(1.0),
+                ..FaultState::default()
+            })
+            .expect("errors");
+        assert_eq!(status_after(&app).await.0, 500);
+
+        faults.clear();
+        assert_eq!(status_after(&app).await.0, 200);
     }
 
     #[test]
