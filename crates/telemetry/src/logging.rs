@@ -111,13 +111,14 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> std::fmt::Result {
-        let Some(request) = with_current(|r| r.cloned()) else {
-            return self.inner.format_event(ctx, writer, event);
-        };
+        // `inner` has colours off, so choose by the writer on every line, not only buffered ones.
         let inner = if writer.has_ansi_escapes() {
             &self.inner_ansi
         } else {
             &self.inner
+        };
+        let Some(request) = with_current(|r| r.cloned()) else {
+            return inner.format_event(ctx, writer, event);
         };
         let mut line = String::with_capacity(256);
         inner.format_event(ctx, Writer::new(&mut line), event)?;
