@@ -259,6 +259,11 @@ impl Service {
         self.wait_exit(timeout)
     }
 
+    /// The service's whole log (stdout and stderr) so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines of the service's log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -591,4 +596,139 @@ impl Drop for PrivateBroker {
             let _ = child.wait();
         }
     }
+}
+
+/// An OTLP/HTTP trace receiver inside a test: a stand-in for the OpenTelemetry Collector,
+/// which cannot run here. It decodes each export with the `opentelemetry-proto` types (the
+/// real protobuf the services send) and keeps every span with its service's name.
+#[derive(Debug)]
+pub struct OtlpReceiver {
+    addr: std::net::SocketAddr,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<ReceivedSpan>>>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+/// One span as the receiver got it: ids in lowercase hex, attributes as strings.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    pub service: String,
+    pub name: String,
+    /// The OTLP span kind (2 server, 4 producer, 5 consumer).
+    pub kind: i32,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: String,
+    /// (trace id, span id) of each link.
+    pub links: Vec<(String, String)>,
+    pub attributes: std::collections::BTreeMap<String, String>,
+    /// The OTLP status code (0 unset, 1 ok, 2 error) and message.
+    pub status: (i32, String),
+}
+
+impl OtlpReceiver {
+    pub async fn start() -> anyhow::Result<Self> {
+        use opentelemetry_proto::tonic::collector::trace::v1::{
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+        };
+        use prost::Message as _;
+
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = spans.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let store = store.clone();
+                async move {
+                    let request = match ExportTraceServiceRequest::decode(body) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            return (http::StatusCode::BAD_REQUEST, e.to_string().into_bytes())
+                        }
+                    };
+                    let received = received_spans(request);
+                    store.lock().expect("spans").extend(received);
+                    (
+                        http::StatusCode::OK,
+                        ExportTraceServiceResponse::default().encode_to_vec(),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            addr,
+            spans,
+            _server: server,
+        })
+    }
+
+    /// The value for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans.lock().expect("spans").clone()
+    }
+}
+
+fn received_spans(
+    request: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+) -> Vec<ReceivedSpan> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::common::v1::KeyValue;
+
+    fn text(kv: &KeyValue) -> String {
+        match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(s)) => s.clone(),
+            Some(Value::IntValue(i)) => i.to_string(),
+            Some(Value::BoolValue(b)) => b.to_string(),
+            Some(Value::DoubleValue(d)) => d.to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+    let mut out = Vec::new();
+    for resource_spans in request.resource_spans {
+        let service = resource_spans
+            .resource
+            .iter()
+            .flat_map(|r| r.attributes.iter())
+            .find(|kv| kv.key == "service.name")
+            .map(text)
+            .unwrap_or_default();
+        for scope in resource_spans.scope_spans {
+            for span in scope.spans {
+                out.push(ReceivedSpan {
+                    service: service.clone(),
+                    name: span.name,
+                    kind: span.kind,
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    links: span
+                        .links
+                        .iter()
+                        .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+                        .collect(),
+                    attributes: span
+                        .attributes
+                        .iter()
+                        .map(|kv| (kv.key.clone(), text(kv)))
+                        .collect(),
+                    status: span
+                        .status
+                        .map_or((0, String::new()), |s| (s.code, s.message)),
+                });
+            }
+        }
+    }
+    out
 }

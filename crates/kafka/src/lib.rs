@@ -24,6 +24,7 @@ pub mod producer;
 pub mod service;
 pub mod sink;
 pub mod stage;
+pub mod trace;
 
 use std::time::Duration;
 

@@ -18,6 +18,9 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// Spans of the records this one was made from, for its `send` span to link to (only
+    /// when traces are exported; see [`crate::trace`]).
+    pub links: Vec<opentelemetry::trace::SpanContext>,
 }
 
 impl Record {
@@ -27,6 +30,7 @@ impl Record {
             key,
             payload,
             headers: Vec::new(),
+            links: Vec::new(),
         }
     }
 
@@ -45,6 +49,15 @@ impl Record {
 
     pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Links this record's `send` span to the spans it was made from.
+    pub fn linked(
+        mut self,
+        links: impl IntoIterator<Item = opentelemetry::trace::SpanContext>,
+    ) -> Self {
+        self.links.extend(links);
         self
     }
 }

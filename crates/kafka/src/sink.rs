@@ -14,10 +14,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use opentelemetry::trace::TraceContextExt as _;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::{Message as _, Offset};
 use tidewatch_telemetry::{catalog, ComponentHealth, HealthHandle, Shutdown};
 use tidewatch_web::Faults;
+use tracing::Instrument as _;
 
 use crate::context::{starting_over, AssignmentChange, StageContext};
 use crate::dlq::{dead_letter, Code, DLQ_TOPIC};
@@ -26,6 +28,7 @@ use crate::producer::Producer;
 use crate::stage::{
     commit_final, count_dead_letter, count_error, register_error_series, subscribe, Input,
 };
+use crate::trace;
 
 /// Why a message cannot become an item: a bounded code (a metric label and the dead
 /// letter's code) and a sentence for people.
@@ -155,6 +158,8 @@ pub async fn run<S: Sink>(
     let max_batch = config.max_batch.max(1);
     let mut batch: Vec<Gathered<S::Item>> = Vec::with_capacity(max_batch);
     let mut dead_letters = Vec::new();
+    // The contexts the batch's messages carry, for its span to link to (traced only).
+    let mut links = Vec::new();
     let mut outcome = Ok(());
     // Changes also come while no message does (a partition found past its end).
     let mut changes_tick = tokio::time::interval(Duration::from_secs(1));
@@ -200,9 +205,23 @@ pub async fn run<S: Sink>(
             let input = Input::from_message(&message);
             metrics.received(input.payload.len());
             config.faults.slow_down().await;
+            let traced = tidewatch_telemetry::trace::enabled();
             let item = match sink.decode(&input) {
-                Ok(item) => Some(item),
+                Ok(item) => {
+                    if traced && links.len() < trace::MAX_LINKS {
+                        if let Some(cx) = trace::remote_context(&input.headers) {
+                            links.push(cx.span().span_context().clone());
+                        }
+                    }
+                    Some(item)
+                }
                 Err(Rejected { code, reason }) => {
+                    if traced {
+                        // The rejected message's own span, failed with the reason; the
+                        // dead letter keeps the context the message arrived with.
+                        let span = trace::process_span(config.stage, &config.group_id, &input);
+                        trace::fail(&span, code.name, &reason);
+                    }
                     metrics.dead_lettered(code);
                     tracing::debug!(
                         topic = input.topic,
@@ -234,6 +253,19 @@ pub async fn run<S: Sink>(
             });
         };
         if !batch.is_empty() {
+            let span = tidewatch_telemetry::trace::enabled().then(|| {
+                let mut topics: Vec<&str> = batch.iter().map(|g| g.topic.as_str()).collect();
+                topics.sort_unstable();
+                topics.dedup();
+                trace::batch_span(
+                    config.stage,
+                    &config.group_id,
+                    &topics.join(","),
+                    batch.len(),
+                    &links,
+                )
+            });
+            links.clear();
             let flushed = flush(
                 sink,
                 &mut batch,
@@ -244,6 +276,7 @@ pub async fn run<S: Sink>(
                 shutdown,
                 store_health,
             )
+            .instrument(span.unwrap_or_else(tracing::Span::none))
             .await;
             match flushed {
                 Ok(Flushed::Written) => {}

@@ -24,11 +24,13 @@ use rdkafka::message::Headers as _;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tidewatch_telemetry::{catalog, HealthHandle, Shutdown};
 use tidewatch_web::Faults;
+use tracing::Instrument as _;
 
 use crate::context::{starting_over, AssignmentChange, StageContext};
 use crate::dlq::{dead_letter, Code, ENCODE_FAILED};
 use crate::positions::{rewind, Positions, Verdict};
 use crate::producer::{ProduceError, Producer, Record};
+use crate::trace;
 
 /// One consumed message, as a processor sees it.
 #[derive(Debug, Clone, Default)]
@@ -41,6 +43,9 @@ pub struct Input<'a> {
     /// The message's Kafka timestamp (when it was produced), in Unix milliseconds.
     pub timestamp_ms: Option<i64>,
     pub headers: Vec<(&'a str, &'a [u8])>,
+    /// The `process` span of this message, when traces are exported and it is sampled: what
+    /// a record made from many messages links to (see [`crate::trace`]).
+    pub span: Option<opentelemetry::trace::SpanContext>,
 }
 
 impl<'a> Input<'a> {
@@ -62,6 +67,7 @@ impl<'a> Input<'a> {
             payload: message.payload().unwrap_or_default(),
             timestamp_ms: message.timestamp().to_millis(),
             headers,
+            span: None,
         }
     }
 
@@ -352,13 +358,22 @@ pub async fn run<P: Processor>(
                         continue;
                     }
                 }
-                let input = Input::from_message(&message);
+                let mut input = Input::from_message(&message);
                 metrics.received.increment(1);
                 metrics.received_bytes.increment(input.payload.len() as u64);
+                let span = tidewatch_telemetry::trace::enabled()
+                    .then(|| trace::process_span(config.stage, &config.group_id, &input));
+                if let Some(span) = &span {
+                    input.span = trace::link_to(span);
+                }
                 let start = Instant::now();
                 config.faults.slow_down().await;
-                let records = match processor.process(&input).await {
-                    Outcome::Emit(records) => records,
+                let processed = match &span {
+                    Some(span) => processor.process(&input).instrument(span.clone()).await,
+                    None => processor.process(&input).await,
+                };
+                let (records, dead_letter_output) = match processed {
+                    Outcome::Emit(records) => (records, false),
                     Outcome::Abandon => {
                         tracing::info!(partition = input.partition, offset = input.offset, "message left for after restart");
                         break Ok(());
@@ -366,19 +381,40 @@ pub async fn run<P: Processor>(
                     Outcome::DeadLetter { code, reason } => {
                         metrics.error(code.name);
                         metrics.dead_lettered(code);
-                        vec![dead_letter(config.stage, &input, code, &reason)]
+                        if let Some(span) = &span {
+                            trace::fail(span, code.name, &reason);
+                        }
+                        (vec![dead_letter(config.stage, &input, code, &reason)], true)
                     }
                 };
                 metrics.processing.record(start.elapsed().as_secs_f64());
                 let resume = processor.resume_position(input.partition, input.offset);
-                let deliveries: Vec<_> = records.iter().map(|r| producer.send(r)).collect();
-                let topics: Vec<String> = records.into_iter().map(|r| r.topic).collect();
+                let deliveries: Vec<_> = records
+                    .into_iter()
+                    .map(|mut r| {
+                        let send = span.as_ref().map(|parent| {
+                            let send = trace::send_span(Some(parent), &r);
+                            // A dead letter is the input unchanged: it keeps the context
+                            // it arrived with.
+                            if !dead_letter_output {
+                                trace::inject(&send, &mut r.headers);
+                            }
+                            send
+                        });
+                        let delivery = producer.send(&r);
+                        async move {
+                            let result = delivery.await;
+                            if let (Some(send), Err(e)) = (&send, &result) {
+                                trace::fail(send, "produce_failed", &e.to_string());
+                            }
+                            result.map(|bytes| (r.topic, bytes))
+                        }
+                    })
+                    .collect();
                 let (topic, partition, offset, timestamp_ms) =
                     (input.topic.to_owned(), input.partition, input.offset, input.timestamp_ms);
                 pending.push_back(Box::pin(async move {
-                    let result = futures::future::try_join_all(deliveries)
-                        .await
-                        .map(|sizes| topics.into_iter().zip(sizes).collect());
+                    let result = futures::future::try_join_all(deliveries).await;
                     Done { topic, partition, offset, resume, timestamp_ms, result }
                 }));
             }

@@ -667,6 +667,10 @@ fn database_runtime() -> Dashboard {
                     "max by (service, version, git_commit) (tidewatch_build_info{SEL})",
                     "{{service}} {{version}} {{git_commit}}",
                 )]).table(),
+                panel("Trace export", "ops", "Spans each service exported over OTLP per second, and spans it dropped: the export queue was full, or the endpoint refused or did not answer. All zero while OTEL_EXPORTER_OTLP_ENDPOINT is unset (no traces).", &[
+                    ("sum by (service) (rate(tidewatch_trace_spans_exported_total{SEL}[$__rate_interval]))", "{{service}} exported"),
+                    ("sum by (service, reason) (rate(tidewatch_trace_spans_dropped_total{SEL}[$__rate_interval]))", "{{service}} dropped ({{reason}})"),
+                ]),
                 panel("HTTP body sizes, p99", "bytes", "Request and response bodies.", &[
                     ("histogram_quantile(0.99, sum by (service, le) (rate(http_server_request_body_size_bytes_bucket{SEL}[$__rate_interval])))", "{{service}} request"),
                     ("histogram_quantile(0.99, sum by (service, le) (rate(http_server_response_body_size_bytes_bucket{SEL}[$__rate_interval])))", "{{service}} response"),

@@ -67,6 +67,8 @@ pub enum Group {
     Load,
     /// Training runs and the model registry (trainer).
     Training,
+    /// Trace export over OTLP (every service, when an endpoint is set).
+    Tracing,
 }
 
 impl Group {
@@ -89,6 +91,7 @@ impl Group {
             Group::Alerting => "alerting",
             Group::Load => "load",
             Group::Training => "training",
+            Group::Tracing => "tracing",
         }
     }
 }
@@ -335,6 +338,28 @@ pub const PROCESS_THREADS: MetricDef = MetricDef {
     help: "Number of OS threads in the process.",
     buckets: &[],
     group: Group::Process,
+};
+
+// --- Tracing ---
+
+pub const TRACE_SPANS_EXPORTED: MetricDef = MetricDef {
+    name: "tidewatch_trace_spans_exported_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &[],
+    help:
+        "Finished spans the OTLP endpoint accepted. Only when OTEL_EXPORTER_OTLP_ENDPOINT is set.",
+    buckets: &[],
+    group: Group::Tracing,
+};
+pub const TRACE_SPANS_DROPPED: MetricDef = MetricDef {
+    name: "tidewatch_trace_spans_dropped_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &["reason"],
+    help: "Finished spans that were not exported, by reason: queue_full (the bounded export queue was full, OTEL_BSP_MAX_QUEUE_SIZE) or export_failed (the endpoint refused the batch, was unreachable or timed out).",
+    buckets: &[],
+    group: Group::Tracing,
 };
 
 // --- Runtime ---
@@ -1244,6 +1269,8 @@ pub const ALL: &[&MetricDef] = &[
     &REGISTRY_ALIAS_VERSION,
     &MODEL_ROLE_ROLLING_SCORE,
     &MODEL_DECISIONS,
+    &TRACE_SPANS_EXPORTED,
+    &TRACE_SPANS_DROPPED,
 ];
 
 const TRAINING_BUCKETS: &[f64] = &[

@@ -30,7 +30,14 @@ use axum::extract::MatchedPath;
 use http::{HeaderName, HeaderValue, Method, Request, Response};
 use http_body::Body;
 use metrics::{Counter, Gauge, Histogram};
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry_http::HeaderExtractor;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tower::{Layer, Service};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::catalog;
 
@@ -39,6 +46,11 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// The request id header, taken from the client when sensible and always echoed back.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The W3C trace context header a caller's trace arrives in.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// The W3C response header naming the trace and span that served the request
+/// (`00-<trace id>-<span id>-<flags>`; flags `00` when the span was not exported).
+pub static TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
 /// Longer client-supplied ids are replaced: they go into every log line of the request.
 const MAX_CLIENT_ID_LEN: usize = 128;
 
@@ -135,6 +147,9 @@ struct RouteHandles {
     request_size: Histogram,
     response_size: Histogram,
     by_status: RwLock<HashMap<u16, StatusHandles>>,
+    /// Whether a request starts a trace when its caller did not: not for `/metrics` and the
+    /// health probes, which would fill the trace store with scrapes.
+    traced: bool,
 }
 
 impl std::fmt::Debug for RouteHandles {
@@ -196,6 +211,7 @@ impl State {
                     response_size: catalog::HTTP_SERVER_RESPONSE_BODY_SIZE
                         .histogram(&[("http_request_method", m), ("http_route", route)]),
                     by_status: RwLock::default(),
+                    traced: route != "/metrics" && !route.starts_with("/health"),
                 })
             })
             .clone()
@@ -253,6 +269,7 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
+        let caller = incoming_trace(req.headers());
         let id = self.state.ids.for_request(req.headers().get(&X_REQUEST_ID));
         req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
         let route = req
@@ -269,13 +286,68 @@ where
             handles.request_size.record(size as f64);
         }
         handles.active.increment(1.0);
-        let current = CurrentRequest { id, handles };
-        let inner = current.clone().scope(|| self.inner.call(req));
+        // Probes and scrapes start no trace of their own; a caller's trace is continued.
+        let (span, trace) = if crate::trace::enabled() && (handles.traced || caller.is_some()) {
+            let span = server_span(&handles, req.uri().path(), caller);
+            let sc = span.context().span().span_context().clone();
+            (Some(span), Some(sc))
+        } else {
+            // Not exported: the caller's trace still reaches the logs and the response,
+            // under a span id of this server's (flags 00: nothing was recorded).
+            let local = caller.map(|c| {
+                SpanContext::new(
+                    c.span().span_context().trace_id(),
+                    SpanId::from(uuid::Uuid::new_v4().as_u64_pair().0 | 1),
+                    TraceFlags::default(),
+                    false,
+                    TraceState::NONE,
+                )
+            });
+            (None, local)
+        };
+        let current = CurrentRequest { id, handles, trace };
+        let inner = {
+            let _entered = span.as_ref().map(tracing::Span::enter);
+            current.clone().scope(|| self.inner.call(req))
+        };
         ResponseFuture {
             inner,
+            span,
             guard: Some(InFlight { current, start }),
         }
     }
+}
+
+/// The caller's trace context, if the request carries a valid `traceparent`.
+fn incoming_trace(headers: &http::HeaderMap) -> Option<opentelemetry::Context> {
+    if !headers.contains_key(&TRACEPARENT) {
+        return None;
+    }
+    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// The server span of one request (OpenTelemetry HTTP conventions), a child of the caller's
+/// span when the request continued a trace.
+fn server_span(
+    handles: &RouteHandles,
+    path: &str,
+    caller: Option<opentelemetry::Context>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{} {}", handles.method, handles.route),
+        otel.kind = "server",
+        http.request.method = handles.method,
+        http.route = &*handles.route,
+        url.path = path,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    if let Some(caller) = caller {
+        let _ = span.set_parent(caller);
+    }
+    span
 }
 
 /// The request a thread is working on, as log lines name it.
@@ -283,6 +355,8 @@ where
 pub struct CurrentRequest {
     id: HeaderValue,
     handles: Arc<RouteHandles>,
+    /// The request's span: exported, or only carrying the caller's trace on.
+    trace: Option<SpanContext>,
 }
 
 impl CurrentRequest {
@@ -299,6 +373,11 @@ impl CurrentRequest {
     /// The matched route template, or [`UNMATCHED_ROUTE`].
     pub fn route(&self) -> &str {
         &self.handles.route
+    }
+
+    /// The trace and span of the request, when it is traced or continued a caller's trace.
+    pub fn trace(&self) -> Option<(TraceId, SpanId)> {
+        self.trace.as_ref().map(|t| (t.trace_id(), t.span_id()))
     }
 
     /// Runs `f` with this request as the thread's current one, then restores the previous.
@@ -346,6 +425,8 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
+        // Entered while the handler is polled (only when traces are exported).
+        span: Option<tracing::Span>,
         guard: Option<InFlight>,
     }
 }
@@ -362,11 +443,12 @@ where
         let Some(guard) = this.guard.as_ref() else {
             return this.inner.poll(cx);
         };
+        let _entered = this.span.as_ref().map(tracing::Span::enter);
         let current = guard.current.clone();
         current.scope(|| {
             let mut result = std::task::ready!(this.inner.poll(cx));
             if let (Some(guard), Ok(response)) = (this.guard.take(), &mut result) {
-                guard.finish(response);
+                guard.finish(response, this.span.as_ref());
             }
             Poll::Ready(result)
         })
@@ -374,8 +456,9 @@ where
 }
 
 impl InFlight {
-    /// Records the response's metrics, logs a failure, and echoes the request id.
-    fn finish<B: Body>(self, response: &mut Response<B>) {
+    /// Records the response's metrics, logs a failure, and echoes the request id and the
+    /// trace (W3C `traceresponse`).
+    fn finish<B: Body>(self, response: &mut Response<B>, span: Option<&tracing::Span>) {
         let code = response.status().as_u16();
         let elapsed = self.start.elapsed();
         let handles = &self.current.handles;
@@ -391,9 +474,25 @@ impl InFlight {
         } else {
             tracing::debug!(status = code, latency_ms, "request finished");
         }
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID.clone(), self.current.id.clone());
+        if let Some(span) = span {
+            span.record("http.response.status_code", code);
+            if code >= 500 {
+                span.record("otel.status_code", "error");
+            }
+        }
+        let headers = response.headers_mut();
+        headers.insert(X_REQUEST_ID.clone(), self.current.id.clone());
+        if let Some(t) = &self.current.trace {
+            let value = format!(
+                "00-{}-{}-{:02x}",
+                t.trace_id(),
+                t.span_id(),
+                t.trace_flags().to_u8()
+            );
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(TRACERESPONSE.clone(), value);
+            }
+        }
     }
 }
 

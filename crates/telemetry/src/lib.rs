@@ -9,6 +9,7 @@
 //! - [`server`]: the ops router, the middleware stack (request ids, spans, metrics), `serve`.
 //! - [`logging`]: JSON or pretty `tracing` output.
 //! - [`shutdown`]: the one graceful-shutdown signal.
+//! - [`trace`]: OpenTelemetry traces over OTLP when an endpoint is set, and W3C trace context.
 //! - [`healthcheck`]: the `<service> healthcheck` subcommand containers probe readiness with.
 //! - [`runner`]: the start and end of every service binary (settings, logging, telemetry,
 //!   signals), so each `main.rs` holds only what differs.
@@ -25,6 +26,7 @@ pub mod recorder;
 pub mod runner;
 pub mod server;
 pub mod shutdown;
+pub mod trace;
 
 pub use health::{ComponentHealth, Criticality, Health, HealthHandle};
 pub use logging::LogFormat;
@@ -43,6 +45,7 @@ impl Telemetry {
     /// Installs the recorder (once per process) and records build info.
     pub fn new(build: BuildInfo) -> anyhow::Result<Self> {
         let metrics = Metrics::install(&build)?;
+        trace::register_metrics();
         Ok(Self {
             build,
             metrics,
@@ -63,7 +66,8 @@ pub struct TelemetryArgs {
 }
 
 impl TelemetryArgs {
-    pub fn init_logging(&self) -> anyhow::Result<()> {
-        logging::init(self.log_format, &self.log_level)
+    /// Installs logging and, when the `OTEL_*` environment asks for them, trace export.
+    pub fn init_logging(&self, service: &'static str, version: &'static str) -> anyhow::Result<()> {
+        logging::init_with_traces(self.log_format, &self.log_level, Some((service, version)))
     }
 }

@@ -5,10 +5,13 @@
 use std::io::IsTerminal as _;
 
 use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::{self, FilterExt as _, LevelFilter};
 use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+use tracing_subscriber::{fmt, prelude::*, EnvFilter, Registry};
+
+use opentelemetry::trace::{SpanId, TraceId};
 
 use crate::http::{with_current, CurrentRequest};
 
@@ -38,19 +41,42 @@ impl LogFormat {
 /// Installs the global subscriber. `filter` uses `RUST_LOG` syntax (`info,tower_http=debug`).
 /// A second call in the same process (tests) leaves the first subscriber in place.
 pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    init_with_traces(format, filter, None)
+}
+
+/// [`init`], and for a service (name, version) the trace export the `OTEL_*` environment
+/// asks for (see [`crate::trace`]). The log filter applies to log lines only: spans are
+/// exported from `info` up whatever `LOG_LEVEL` says.
+pub fn init_with_traces(
+    format: LogFormat,
+    filter: &str,
+    service: Option<(&'static str, &'static str)>,
+) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(filter)
         .map_err(|e| anyhow::anyhow!("invalid log filter {filter:?}: {e}"))?;
-    let registry = tracing_subscriber::registry().with(filter);
+    let traces = match service {
+        Some((name, version)) => crate::trace::layer::<Registry>(name, version)?,
+        None => None,
+    };
+    let registry = tracing_subscriber::registry().with(traces.with_filter(LevelFilter::INFO));
+    // Spans are for traces: log lines name theirs by trace_id and span_id, so the log layer
+    // neither sees them nor pays for formatting their fields.
+    let filter = filter.and(filter::filter_fn(|meta| meta.is_event()));
     let result = match format.resolve() {
         LogFormat::Json => registry
             .with(
                 fmt::layer()
                     .fmt_fields(format::JsonFields::new())
-                    .event_format(WithRequest::json(json_format())),
+                    .event_format(WithRequest::json(json_format()))
+                    .with_filter(filter),
             )
             .try_init(),
         _ => registry
-            .with(fmt::layer().event_format(WithRequest::text(fmt::format().with_target(false))))
+            .with(
+                fmt::layer()
+                    .event_format(WithRequest::text(fmt::format().with_target(false)))
+                    .with_filter(filter),
+            )
             .try_init(),
     };
     // Only "already initialised" can fail here, which is expected in tests.
@@ -117,9 +143,11 @@ where
         } else {
             &self.inner
         };
-        let Some(request) = with_current(|r| r.cloned()) else {
+        let request = with_current(|r| r.cloned());
+        let trace = trace_ids(request.as_ref());
+        if request.is_none() && trace.is_none() {
             return inner.format_event(ctx, writer, event);
-        };
+        }
         let mut line = String::with_capacity(256);
         inner.format_event(ctx, Writer::new(&mut line), event)?;
         let body = line.trim_end_matches('\n');
@@ -128,38 +156,66 @@ where
             match body.strip_suffix('}') {
                 Some(open) => {
                     writer.write_str(open)?;
-                    write_json_fields(&mut writer, &request, open.ends_with('{'))?;
+                    write_json_fields(&mut writer, request.as_ref(), trace, open.ends_with('{'))?;
                     writer.write_char('}')?;
                 }
                 None => writer.write_str(body)?,
             }
         } else {
-            write!(
-                writer,
-                "{body} request_id={} method={} route={}",
-                request.id(),
-                request.method(),
-                request.route()
-            )?;
+            writer.write_str(body)?;
+            if let Some(request) = &request {
+                write!(
+                    writer,
+                    " request_id={} method={} route={}",
+                    request.id(),
+                    request.method(),
+                    request.route()
+                )?;
+            }
+            if let Some((trace_id, span_id)) = trace {
+                write!(writer, " trace_id={trace_id} span_id={span_id}")?;
+            }
         }
         writer.write_str(newline)
     }
 }
 
+/// The trace and span a line belongs to: the innermost entered span's when traces are
+/// exported, otherwise the trace a request continued (its `traceparent`), if any.
+fn trace_ids(request: Option<&CurrentRequest>) -> Option<(TraceId, SpanId)> {
+    if crate::trace::enabled() {
+        if let Some(sc) = crate::trace::current_span_context() {
+            return Some((sc.trace_id(), sc.span_id()));
+        }
+    }
+    request.and_then(CurrentRequest::trace)
+}
+
 fn write_json_fields(
     writer: &mut Writer<'_>,
-    request: &CurrentRequest,
+    request: Option<&CurrentRequest>,
+    trace: Option<(TraceId, SpanId)>,
     empty: bool,
 ) -> std::fmt::Result {
     let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"-\"".to_owned());
-    write!(
-        writer,
-        "{}\"request_id\":{},\"method\":\"{}\",\"route\":{}",
-        if empty { "" } else { "," },
-        quote(request.id()),
-        request.method(),
-        quote(request.route())
-    )
+    let mut separator = if empty { "" } else { "," };
+    if let Some(request) = request {
+        write!(
+            writer,
+            "{separator}\"request_id\":{},\"method\":\"{}\",\"route\":{}",
+            quote(request.id()),
+            request.method(),
+            quote(request.route())
+        )?;
+        separator = ",";
+    }
+    if let Some((trace_id, span_id)) = trace {
+        write!(
+            writer,
+            "{separator}\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\""
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -271,6 +327,58 @@ mod tests {
         assert_eq!(failed["status"], 500);
         for m in ["before any request", "after every request"] {
             assert!(by_message(m).get("request_id").is_none(), "{m}");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_that_continues_a_trace_answers_with_it_and_its_lines_carry_it() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            fmt::layer()
+                .fmt_fields(format::JsonFields::new())
+                .event_format(WithRequest::json(json_format()))
+                .with_writer(move || writer.clone()),
+        );
+        let _default = tracing::subscriber::set_default(subscriber);
+        let app = axum::Router::new()
+            .route("/items/{id}", get(inside))
+            .layer(HttpMetricsLayer::new());
+        let call = |traceparent: Option<&'static str>| {
+            let mut request = http::Request::get("/items/1");
+            if let Some(t) = traceparent {
+                request = request.header("traceparent", t);
+            }
+            app.clone()
+                .oneshot(request.body(axum::body::Body::empty()).expect("request"))
+        };
+
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let response = call(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ))
+        .await
+        .expect("response");
+        let answer = response.headers()["traceresponse"].to_str().expect("ascii");
+        let parts: Vec<&str> = answer.split('-').collect();
+        assert_eq!(parts.len(), 4, "{answer}");
+        assert_eq!((parts[0], parts[1]), ("00", trace), "{answer}");
+        // This server's own span id, not the caller's; nothing exported, so not sampled.
+        assert_ne!(parts[2], "00f067aa0ba902b7");
+        assert_eq!(parts[3], "00");
+        for line in lines.json() {
+            assert_eq!(line["trace_id"], trace, "{line}");
+            assert_eq!(line["span_id"], parts[2], "{line}");
+        }
+
+        // No trace, a malformed one: no trace id invented, no header.
+        for traceparent in [None, Some("00-zz-00f067aa0ba902b7-01")] {
+            let before = lines.json().len();
+            let response = call(traceparent).await.expect("response");
+            assert!(response.headers().get("traceresponse").is_none());
+            for line in &lines.json()[before..] {
+                assert!(line.get("trace_id").is_none(), "{line}");
+            }
         }
     }
 }

@@ -16,7 +16,8 @@ pub trait ServiceSettings: clap::Parser {
 /// Runs a service binary: answers `<service> healthcheck` (the container probe, against
 /// `default_listen` unless LISTEN_ADDR says otherwise), parses the settings, starts logging
 /// and telemetry, logs the settings, makes SIGTERM and ctrl-c trigger the shutdown, then
-/// runs `work` on a multi-threaded runtime and logs how it ended.
+/// runs `work` on a multi-threaded runtime, logs how it ended and exports the traces still
+/// queued.
 pub fn run<S, F, Fut>(
     service: &'static str,
     version: &'static str,
@@ -30,8 +31,8 @@ where
 {
     healthcheck::exit_if_requested(default_listen);
     let settings = S::parse();
-    settings.telemetry().init_logging()?;
-    tokio::runtime::Builder::new_multi_thread()
+    settings.telemetry().init_logging(service, version)?;
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(async move {
@@ -55,7 +56,9 @@ where
                     Err(e)
                 }
             }
-        })
+        });
+    crate::trace::shutdown();
+    result
 }
 
 /// A clap value parser for a share: a number from 0 to 1.

@@ -18,6 +18,8 @@ use tidewatch_db::DatabaseArgs;
 use tidewatch_kafka::dlq::ENCODE_FAILED;
 use tidewatch_kafka::service::StageArgs;
 use tidewatch_kafka::stage::{Input, Outcome, Position, Processor};
+use tidewatch_kafka::trace::SpanContext;
+use tidewatch_kafka::trace::MAX_LINKS;
 use tidewatch_kafka::{Code, Record};
 use tidewatch_schema::{EnrichedTrade, TOPIC_BARS, TOPIC_FEATURES, TOPIC_TRADES_ENRICHED};
 use tidewatch_telemetry::{catalog, TelemetryArgs};
@@ -108,6 +110,10 @@ pub struct Aggregate {
     size_ms: i64,
     lateness_ms: i64,
     partitions: HashMap<i32, PartitionWindows>,
+    /// Per partition, the spans of the trades in each open window (symbol, start), for the
+    /// bar's span to link to: at most `tidewatch_kafka::trace::MAX_LINKS` each, and only
+    /// while traces are exported. Windows restored from a checkpoint have none.
+    links: HashMap<i32, HashMap<(String, i64), Vec<SpanContext>>>,
     checkpoints: CheckpointStore,
     metrics: WindowMetrics,
 }
@@ -155,6 +161,7 @@ impl Aggregate {
             size_ms: i64::from(settings.window_seconds) * 1000,
             lateness_ms: i64::from(settings.allowed_lateness_seconds) * 1000,
             partitions: HashMap::new(),
+            links: HashMap::new(),
             checkpoints,
             metrics,
         }
@@ -243,20 +250,41 @@ impl Processor for Aggregate {
             self.metrics.duplicates.increment(1);
             self.metrics.discarded.increment(1);
         }
+        let links = self.links.entry(input.partition).or_default();
+        if let (Admission::Accepted, Some(span)) = (&admission, &input.span) {
+            let start = trade.event_time_ms - trade.event_time_ms.rem_euclid(self.size_ms);
+            let window = links.entry((trade.symbol.clone(), start)).or_default();
+            if window.len() < MAX_LINKS {
+                window.push(span.clone());
+            }
+        }
         self.metrics.bars.increment(closing.bars.len() as u64);
         self.metrics
             .features
             .increment(closing.features.len() as u64);
+        // A bar's span and its features' link to the trades that made the bar.
+        let made_of: HashMap<(&str, i64), Vec<SpanContext>> = closing
+            .bars
+            .iter()
+            .filter_map(|b| {
+                let trades = links.remove(&(b.symbol.clone(), b.start_ms))?;
+                Some(((b.symbol.as_str(), b.start_ms), trades))
+            })
+            .collect();
+        let trades = |symbol: &str, start: i64| -> Vec<SpanContext> {
+            made_of.get(&(symbol, start)).cloned().unwrap_or_default()
+        };
         let records: Result<Vec<Record>, _> = closing
             .bars
             .iter()
-            .map(|b| Record::json(&self.bars_topic, &b.symbol, b))
-            .chain(
-                closing
-                    .features
-                    .iter()
-                    .map(|f| Record::json(&self.features_topic, &f.symbol, f)),
-            )
+            .map(|b| {
+                Record::json(&self.bars_topic, &b.symbol, b)
+                    .map(|r| r.linked(trades(&b.symbol, b.start_ms)))
+            })
+            .chain(closing.features.iter().map(|f| {
+                Record::json(&self.features_topic, &f.symbol, f)
+                    .map(|r| r.linked(trades(&f.symbol, f.bar_start_ms)))
+            }))
             .collect();
         match records {
             Ok(records) => Outcome::Emit(records),
@@ -363,6 +391,7 @@ impl Processor for Aggregate {
 
     fn revoked(&mut self, partition: i32) {
         self.partitions.remove(&partition);
+        self.links.remove(&partition);
         self.checkpoints.forget(partition);
     }
 }

@@ -19,7 +19,7 @@ use clap::Parser;
 use futures::stream::{FuturesUnordered, StreamExt as _};
 use metrics::{Counter, Gauge};
 use secrecy::SecretString;
-use tidewatch_kafka::{ensure_topics, KafkaArgs, Producer, Record};
+use tidewatch_kafka::{ensure_topics, trace, KafkaArgs, Producer, Record};
 use tidewatch_market_sim::{AnomalySeverity, MarketConfig, Regime, SymbolSpec, DEFAULT_SYMBOLS};
 use tidewatch_schema::{HEADER_SIM_ANOMALY, HEADER_SIM_KIND, TOPIC_TRADES_RAW};
 use tidewatch_telemetry::server::{instrument, ops_router, serve};
@@ -809,9 +809,22 @@ async fn publish(
             record = record.header(HEADER_SIM_ANOMALY, anomaly_str(a));
         }
         let kind = g.kind;
+        // Each record starts a trace (kept at the sampler's ratio): its send span's context
+        // travels in the record's headers through every stage.
+        let send = tidewatch_telemetry::trace::enabled().then(|| {
+            let span = trace::send_span(None, &record);
+            trace::inject(&span, &mut record.headers);
+            span
+        });
         let delivery = producer.send(&record);
         watch.sent();
-        deliveries.push(async move { (kind, delivery.await.is_ok()) });
+        deliveries.push(async move {
+            let result = delivery.await;
+            if let (Some(span), Err(e)) = (&send, &result) {
+                trace::fail(span, "produce_failed", &e.to_string());
+            }
+            (kind, result.is_ok())
+        });
         queued += 1;
         second_count += 1;
         if on_time {

@@ -31,6 +31,7 @@ use metrics::{Counter, Gauge, Histogram};
 use tidewatch_kafka::dlq::ENCODE_FAILED;
 use tidewatch_kafka::service::StageArgs;
 use tidewatch_kafka::stage::{Input, Outcome, Processor};
+use tidewatch_kafka::trace::SpanContext;
 use tidewatch_kafka::{Code, Record};
 use tidewatch_model::monitor::DriftMonitor;
 use tidewatch_model::{Model, Variant};
@@ -172,6 +173,9 @@ struct Pending {
     inputs: [f64; 6],
     /// Champion, challenger and previous champion: version and spike predicted.
     contenders: [Option<(i32, bool)>; 3],
+    /// The span of the features the prediction was made from, for the outcome that judges
+    /// it to link to (when traces are exported).
+    span: Option<SpanContext>,
 }
 
 const VARIANTS: [&str; 3] = ["ml", "baseline", "online"];
@@ -470,7 +474,9 @@ impl PredictionConsumer {
 
     /// Judges this symbol's pending prediction that `f` (a later bar) decides, if any,
     /// and returns the outcome to publish.
-    fn judge(&mut self, f: &FeatureRecord) -> Option<OutcomeRecord> {
+    /// The outcome of the prediction `f` judges, with the span of the features it was made
+    /// from.
+    fn judge(&mut self, f: &FeatureRecord) -> Option<(OutcomeRecord, Option<SpanContext>)> {
         let interval_ms = i64::from(f.interval_seconds) * 1000;
         let target = f.bar_start_ms - self.horizon_minutes as i64 * interval_ms;
         let actual = f.features.vol_5m > self.spike_threshold;
@@ -508,7 +514,7 @@ impl PredictionConsumer {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
         );
-        Some(OutcomeRecord {
+        let outcome = OutcomeRecord {
             symbol: f.symbol.clone(),
             bar_start_ms: p.bar_start_ms,
             horizon_minutes: self.horizon_minutes,
@@ -516,7 +522,8 @@ impl PredictionConsumer {
             realised_volatility: f.features.vol_5m,
             spike_threshold: self.spike_threshold,
             spike: actual,
-        })
+        };
+        Some((outcome, p.span))
     }
 
     fn hold(&mut self, symbol: &str, pending: Pending) {
@@ -609,6 +616,7 @@ impl Processor for PredictionConsumer {
                 predicted: [ml.spike, baseline.spike, online_spike],
                 inputs,
                 contenders,
+                span: input.span.clone(),
             },
         );
         self.metrics.pending.set(self.pending_total as f64);
@@ -625,13 +633,15 @@ impl Processor for PredictionConsumer {
             online_spike,
         };
         let mut records = Vec::with_capacity(2);
+        // The prediction's send span is a child of the features' process span, and links
+        // to it too, so it is found from the features whatever a viewer follows.
         match Record::json(&self.output_topic, &f.symbol, &record) {
-            Ok(r) => records.push(r),
+            Ok(r) => records.push(r.linked(input.span.clone())),
             Err(e) => return Outcome::encode_failed(&e),
         }
-        if let Some(outcome) = outcome {
+        if let Some((outcome, predicted_from)) = outcome {
             match Record::json(&self.outcomes_topic, &f.symbol, &outcome) {
-                Ok(r) => records.push(r),
+                Ok(r) => records.push(r.linked(predicted_from)),
                 Err(e) => return Outcome::encode_failed(&e),
             }
         }
