@@ -17,6 +17,8 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use tidewatch_telemetry::trace::TARGET;
+
 use crate::producer::Record;
 use crate::stage::Input;
 
@@ -84,6 +86,7 @@ pub fn link_to(span: &tracing::Span) -> Option<SpanContext> {
 /// The `process` span of one consumed message, a child of the context its headers carry.
 pub fn process_span(stage: &'static str, group: &str, input: &Input<'_>) -> tracing::Span {
     let span = tracing::info_span!(
+        target: TARGET,
         "process",
         otel.name = %format_args!("process {}", input.topic),
         otel.kind = "consumer",
@@ -116,6 +119,7 @@ pub fn send_span(parent: Option<&tracing::Span>, record: &Record) -> tracing::Sp
         .and_then(|k| std::str::from_utf8(k).ok())
         .unwrap_or("");
     let span = tracing::info_span!(
+        target: TARGET,
         parent: parent.and_then(tracing::Span::id),
         "send",
         otel.name = %format_args!("send {}", record.topic),
@@ -146,6 +150,7 @@ pub fn batch_span(
     links: &[SpanContext],
 ) -> tracing::Span {
     let span = tracing::info_span!(
+        target: TARGET,
         parent: None,
         "process batch",
         otel.name = %format_args!("process {topics}"),

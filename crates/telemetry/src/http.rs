@@ -335,6 +335,7 @@ fn server_span(
     caller: Option<opentelemetry::Context>,
 ) -> tracing::Span {
     let span = tracing::info_span!(
+        target: crate::trace::TARGET,
         "request",
         otel.name = %format_args!("{} {}", handles.method, handles.route),
         otel.kind = "server",

@@ -5,9 +5,9 @@
 use std::io::IsTerminal as _;
 
 use tracing::{Event, Subscriber};
-use tracing_subscriber::filter::{self, FilterExt as _, LevelFilter};
 use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::layer::Layered;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{fmt, prelude::*, EnvFilter, Registry};
 
@@ -45,38 +45,43 @@ pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
 }
 
 /// [`init`], and for a service (name, version) the trace export the `OTEL_*` environment
-/// asks for (see [`crate::trace`]). The log filter applies to log lines only: spans are
-/// exported from `info` up whatever `LOG_LEVEL` says.
+/// asks for (see [`crate::trace`]). The log filter applies to log lines; Tidewatch's spans
+/// (target [`crate::trace::TARGET`]) are exported whatever `LOG_LEVEL` says.
 pub fn init_with_traces(
     format: LogFormat,
     filter: &str,
     service: Option<(&'static str, &'static str)>,
 ) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(filter)
+    let mut filter = EnvFilter::try_new(filter)
         .map_err(|e| anyhow::anyhow!("invalid log filter {filter:?}: {e}"))?;
     let traces = match service {
-        Some((name, version)) => crate::trace::layer::<Registry>(name, version)?,
+        Some((name, version)) => {
+            crate::trace::layer::<Layered<EnvFilter, Registry>>(name, version)?
+        }
         None => None,
     };
-    let registry = tracing_subscriber::registry().with(traces.with_filter(LevelFilter::INFO));
-    // Spans are for traces: log lines name theirs by trace_id and span_id, so the log layer
-    // neither sees them nor pays for formatting their fields.
-    let filter = filter.and(filter::filter_fn(|meta| meta.is_event()));
+    if traces.is_some() {
+        // Every span Tidewatch makes has this target, which no log line uses: spans are
+        // exported whatever LOG_LEVEL says about log lines.
+        filter = filter.add_directive(
+            format!("{}=info", crate::trace::TARGET)
+                .parse()
+                .map_err(|e| anyhow::anyhow!("trace span directive: {e}"))?,
+        );
+    }
+    // One global filter, not one per layer: a per-layer EnvFilter swallows the next log
+    // line after a `log`-crate `enabled` query (sqlx makes them), tokio-rs/tracing#2519.
+    let registry = tracing_subscriber::registry().with(filter).with(traces);
     let result = match format.resolve() {
         LogFormat::Json => registry
             .with(
                 fmt::layer()
                     .fmt_fields(format::JsonFields::new())
-                    .event_format(WithRequest::json(json_format()))
-                    .with_filter(filter),
+                    .event_format(WithRequest::json(json_format())),
             )
             .try_init(),
         _ => registry
-            .with(
-                fmt::layer()
-                    .event_format(WithRequest::text(fmt::format().with_target(false)))
-                    .with_filter(filter),
-            )
+            .with(fmt::layer().event_format(WithRequest::text(fmt::format().with_target(false))))
             .try_init(),
     };
     // Only "already initialised" can fail here, which is expected in tests.

@@ -36,6 +36,9 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::catalog;
 
+/// The target of every span Tidewatch makes (`tracing::info_span!(target: TARGET, ...)`).
+pub const TARGET: &str = "tidewatch::trace";
+
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 

@@ -5,17 +5,19 @@
 //! another instance (`scripts/bench-overload` measures both sides).
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use metrics::Counter;
 use tidewatch_telemetry::catalog;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::load_shed::LoadShedLayer;
-use tower::{BoxError, ServiceBuilder};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::{Layer, Service};
 
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::response::{Response as DocResponse, ResponseBuilder};
@@ -35,13 +37,104 @@ pub fn limit<S: Clone + Send + Sync + 'static>(api: Router<S>, max_concurrent: u
         .set(max_concurrent as f64);
     // The series exists at zero: an alert on its rate needs it before the first shed.
     catalog::HTTP_REQUESTS_SHED.counter(&[]).absolute(0);
-    api.layer(
-        ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(overloaded))
-            .layer(LoadShedLayer::new())
-            .layer(GlobalConcurrencyLimitLayer::new(max_concurrent))
-            .layer(axum::middleware::from_fn(yield_once)),
-    )
+    api.layer(ShedLayer {
+        places: Arc::new(Semaphore::new(max_concurrent)),
+        shed: catalog::HTTP_REQUESTS_SHED.counter(&[]),
+    })
+}
+
+/// The limit as one tower layer: a place is taken without waiting (`try_acquire`), or the
+/// request is answered 503 at once; an admitted request yields once before its handler
+/// runs (see below) and gives its place back when its response is ready or it is dropped.
+/// One service and one future instead of tower's load-shed, concurrency-limit and
+/// error-handling layers and a `from_fn` middleware, each of which boxed a future or
+/// cloned a service per request (BENCHMARKS.md, "Prediction API").
+#[derive(Clone, Debug)]
+struct ShedLayer {
+    places: Arc<Semaphore>,
+    shed: Counter,
+}
+
+impl<S> Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+    fn layer(&self, inner: S) -> Shed<S> {
+        Shed {
+            inner,
+            places: self.places.clone(),
+            shed: self.shed.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Shed<S> {
+    inner: S,
+    places: Arc<Semaphore>,
+    shed: Counter,
+}
+
+impl<S> Service<Request> for Shed<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ShedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match self.places.clone().try_acquire_owned() {
+            // The handler's future is made now and first polled after one yield.
+            Ok(place) => ShedFuture::Admitted {
+                inner: self.inner.call(request),
+                yielded: false,
+                _place: place,
+            },
+            Err(_) => {
+                self.shed.increment(1);
+                ShedFuture::Shed {
+                    response: Some(overloaded()),
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = ShedProj]
+    pub(crate) enum ShedFuture<F> {
+        Admitted { #[pin] inner: F, yielded: bool, _place: OwnedSemaphorePermit },
+        Shed { response: Option<Response> },
+    }
+}
+
+impl<F: Future<Output = Result<Response, Infallible>>> Future for ShedFuture<F> {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ShedProj::Admitted { inner, yielded, .. } => {
+                // Handlers that never wait (the model's arithmetic) would finish within the
+                // poll that admitted them, so the limit would never see more than one
+                // request and the queue would form, unbounded, in front of it (runnable
+                // connection tasks). Yielding once after admission keeps an admitted request
+                // counted while it waits for the CPU: the limit then bounds the queue
+                // itself, and requests beyond it are shed.
+                if !*yielded {
+                    *yielded = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                inner.poll(cx)
+            }
+            ShedProj::Shed { response } => {
+                Poll::Ready(Ok(response.take().unwrap_or_else(overloaded)))
+            }
+        }
+    }
 }
 
 /// Adds the 503 of a shed request to every operation of `doc` (the limited API's own).
@@ -78,18 +171,7 @@ pub fn document(doc: &mut OpenApi) {
     }
 }
 
-/// Handlers that never wait (the model's arithmetic) would finish within the poll that
-/// admitted them, so the limit would never see more than one request and the queue would
-/// form, unbounded, in front of it (runnable connection tasks). Yielding once after
-/// admission keeps an admitted request counted while it waits for the CPU: the limit then
-/// bounds the queue itself, and requests beyond it are shed.
-async fn yield_once(request: Request, next: Next) -> Response {
-    tokio::task::yield_now().await;
-    next.run(request).await
-}
-
-async fn overloaded(_: BoxError) -> Result<Response, Infallible> {
-    catalog::HTTP_REQUESTS_SHED.counter(&[]).increment(1);
+fn overloaded() -> Response {
     let mut res = ApiError::client(
         StatusCode::SERVICE_UNAVAILABLE,
         "overloaded",
@@ -102,5 +184,5 @@ async fn overloaded(_: BoxError) -> Result<Response, Infallible> {
     // The request body was not read: the connection cannot carry another request.
     res.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    Ok(res)
+    res
 }
