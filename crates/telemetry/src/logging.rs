@@ -249,6 +249,17 @@ mod tests {
     }
 
     impl Lines {
+        /// The JSON subscriber of the services, writing here.
+        fn subscriber(&self) -> impl tracing::Subscriber {
+            let writer = self.clone();
+            tracing_subscriber::registry().with(
+                fmt::layer()
+                    .fmt_fields(format::JsonFields::new())
+                    .event_format(WithRequest::json(json_format()))
+                    .with_writer(move || writer.clone()),
+            )
+        }
+
         fn json(&self) -> Vec<serde_json::Value> {
             String::from_utf8(self.0.lock().expect("lines").clone())
                 .expect("utf-8")
@@ -272,14 +283,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn every_line_a_request_writes_names_it_and_no_other_line_does() {
         let lines = Lines::default();
-        let writer = lines.clone();
-        let subscriber = tracing_subscriber::registry().with(
-            fmt::layer()
-                .fmt_fields(format::JsonFields::new())
-                .event_format(WithRequest::json(json_format()))
-                .with_writer(move || writer.clone()),
-        );
-        let _default = tracing::subscriber::set_default(subscriber);
+        let _default = tracing::subscriber::set_default(lines.subscriber());
         let app = axum::Router::new()
             .route("/items/{id}", get(inside))
             .route("/broken", get(fails))
@@ -338,14 +342,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_request_that_continues_a_trace_answers_with_it_and_its_lines_carry_it() {
         let lines = Lines::default();
-        let writer = lines.clone();
-        let subscriber = tracing_subscriber::registry().with(
-            fmt::layer()
-                .fmt_fields(format::JsonFields::new())
-                .event_format(WithRequest::json(json_format()))
-                .with_writer(move || writer.clone()),
-        );
-        let _default = tracing::subscriber::set_default(subscriber);
+        let _default = tracing::subscriber::set_default(lines.subscriber());
         let app = axum::Router::new()
             .route("/items/{id}", get(inside))
             .layer(HttpMetricsLayer::new());
