@@ -402,12 +402,14 @@ pub async fn run<P: Processor>(
                             send
                         });
                         let delivery = producer.send(&r);
+                        // Only the topic waits for the acknowledgement, not the payload.
+                        let topic = r.topic;
                         async move {
                             let result = delivery.await;
                             if let (Some(send), Err(e)) = (&send, &result) {
                                 trace::fail(send, "produce_failed", &e.to_string());
                             }
-                            result.map(|bytes| (r.topic, bytes))
+                            result.map(|bytes| (topic, bytes))
                         }
                     })
                     .collect();

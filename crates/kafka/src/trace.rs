@@ -83,16 +83,35 @@ pub fn link_to(span: &tracing::Span) -> Option<SpanContext> {
     (sc.is_valid() && sc.is_sampled()).then_some(sc)
 }
 
-/// The `process` span of one consumed message, a child of the context its headers carry.
+/// A span of the messaging conventions: the attributes every Kafka span carries, then the
+/// caller's, then the status fields [`fail`] fills in.
+macro_rules! messaging_span {
+    ($parent:expr, $name:literal, $kind:literal, $operation:literal, $($field:tt)*) => {
+        tracing::info_span!(
+            target: TARGET,
+            parent: $parent,
+            $name,
+            otel.kind = $kind,
+            messaging.system = "kafka",
+            messaging.operation.type = $operation,
+            messaging.operation.name = $operation,
+            $($field)*
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            error.type = Empty,
+        )
+    };
+}
+
+/// The `process` span of one consumed message, a child of the context its headers carry
+/// (a trace of its own when they carry none).
 pub fn process_span(stage: &'static str, group: &str, input: &Input<'_>) -> tracing::Span {
-    let span = tracing::info_span!(
-        target: TARGET,
+    let span = messaging_span!(
+        None,
+        "process",
+        "consumer",
         "process",
         otel.name = %format_args!("process {}", input.topic),
-        otel.kind = "consumer",
-        messaging.system = "kafka",
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
         messaging.destination.name = input.topic,
         messaging.destination.partition.id = %input.partition,
         messaging.kafka.offset = input.offset,
@@ -100,9 +119,6 @@ pub fn process_span(stage: &'static str, group: &str, input: &Input<'_>) -> trac
         messaging.consumer.group.name = group,
         messaging.message.body.size = input.payload.len(),
         tidewatch.stage = stage,
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        error.type = Empty,
     );
     if let Some(parent) = remote_context(&input.headers) {
         let _ = span.set_parent(parent);
@@ -118,25 +134,17 @@ pub fn send_span(parent: Option<&tracing::Span>, record: &Record) -> tracing::Sp
         .as_deref()
         .and_then(|k| std::str::from_utf8(k).ok())
         .unwrap_or("");
-    let span = tracing::info_span!(
-        target: TARGET,
-        parent: parent.and_then(tracing::Span::id),
+    let span = messaging_span!(
+        parent.and_then(tracing::Span::id),
+        "send",
+        "producer",
         "send",
         otel.name = %format_args!("send {}", record.topic),
-        otel.kind = "producer",
-        messaging.system = "kafka",
-        messaging.operation.type = "send",
-        messaging.operation.name = "send",
         messaging.destination.name = record.topic.as_str(),
         messaging.kafka.message.key = key,
         messaging.message.body.size = record.payload.len(),
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        error.type = Empty,
     );
-    for link in record.links.iter().take(MAX_LINKS) {
-        span.add_link(link.clone());
-    }
+    add_links(&span, &record.links);
     span
 }
 
@@ -149,27 +157,25 @@ pub fn batch_span(
     messages: usize,
     links: &[SpanContext],
 ) -> tracing::Span {
-    let span = tracing::info_span!(
-        target: TARGET,
-        parent: None,
+    let span = messaging_span!(
+        None,
         "process batch",
+        "consumer",
+        "process",
         otel.name = %format_args!("process {topics}"),
-        otel.kind = "consumer",
-        messaging.system = "kafka",
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
         messaging.destination.name = topics,
         messaging.consumer.group.name = group,
         messaging.batch.message_count = messages,
         tidewatch.stage = stage,
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        error.type = Empty,
     );
+    add_links(&span, links);
+    span
+}
+
+fn add_links(span: &tracing::Span, links: &[SpanContext]) {
     for link in links.iter().take(MAX_LINKS) {
         span.add_link(link.clone());
     }
-    span
 }
 
 /// Ends `span` as failed: error status, the bounded `error.type` and the reason.

@@ -250,27 +250,29 @@ impl Processor for Aggregate {
             self.metrics.duplicates.increment(1);
             self.metrics.discarded.increment(1);
         }
-        let links = self.links.entry(input.partition).or_default();
-        if let (Admission::Accepted, Some(span)) = (&admission, &input.span) {
-            let start = trade.event_time_ms - trade.event_time_ms.rem_euclid(self.size_ms);
-            let window = links.entry((trade.symbol.clone(), start)).or_default();
-            if window.len() < MAX_LINKS {
-                window.push(span.clone());
-            }
-        }
         self.metrics.bars.increment(closing.bars.len() as u64);
         self.metrics
             .features
             .increment(closing.features.len() as u64);
-        // A bar's span and its features' link to the trades that made the bar.
-        let made_of: HashMap<(&str, i64), Vec<SpanContext>> = closing
-            .bars
-            .iter()
-            .filter_map(|b| {
-                let trades = links.remove(&(b.symbol.clone(), b.start_ms))?;
-                Some(((b.symbol.as_str(), b.start_ms), trades))
-            })
-            .collect();
+        // A bar's span and its features' link to the trades that made the bar; with traces
+        // off the links are never looked at. (A trade that was not sampled still closes
+        // windows, so this asks whether traces are on, not whether the trade has a span.)
+        let mut made_of: HashMap<(&str, i64), Vec<SpanContext>> = HashMap::new();
+        if tidewatch_telemetry::trace::enabled() {
+            let links = self.links.entry(input.partition).or_default();
+            if let (Admission::Accepted, Some(span)) = (&admission, &input.span) {
+                let start = trade.event_time_ms - trade.event_time_ms.rem_euclid(self.size_ms);
+                let window = links.entry((trade.symbol.clone(), start)).or_default();
+                if window.len() < MAX_LINKS {
+                    window.push(span.clone());
+                }
+            }
+            for b in &closing.bars {
+                if let Some(trades) = links.remove(&(b.symbol.clone(), b.start_ms)) {
+                    made_of.insert((b.symbol.as_str(), b.start_ms), trades);
+                }
+            }
+        }
         let trades = |symbol: &str, start: i64| -> Vec<SpanContext> {
             made_of.get(&(symbol, start)).cloned().unwrap_or_default()
         };
