@@ -6,23 +6,33 @@
 //! handlers of this workspace answer in tens of microseconds, so every per-request
 //! allocation, header copy and wrapper future shows in throughput (see BENCHMARKS.md).
 //!
-//! No `tracing` span is opened per request: a span costs a registry slot and, under the JSON
-//! subscriber, its fields formatted and stored, whether or not anything is logged. Instead,
-//! while the request's future is polled, the thread knows its request ([`with_current`]), and
-//! the log formatter (`logging.rs`) adds `request_id`, `method` and `route` to any line
-//! written then. That costs two reference-count increments per poll and nothing else.
+//! No `tracing` span is opened per request unless traces are exported: a span costs a
+//! registry slot and, under the JSON subscriber, its fields formatted and stored, whether or
+//! not anything is logged. Instead, while the request's future is polled, the thread knows
+//! its request ([`with_current`]), and the log formatter (`logging.rs`) adds `request_id`,
+//! `method`, `route` and the trace to any line written then.
+//!
+//! What a request costs is counted in instructions under callgrind by `scripts/bench-api`
+//! (see BENCHMARKS.md), so it is kept to what cannot be avoided:
+//! - the route's handles are found once per route: each route's copy of the layer keeps
+//!   the handles of the route it wraps, so a request compares the matched template with
+//!   them and hashes nothing; only the first request of a route takes the shared map's lock;
+//! - the handles of status 200 sit beside the route's, so the usual answer hashes nothing
+//!   either;
+//! - the request's identity is one reference-counted allocation, shared by the future and
+//!   the thread-local the log formatter reads, so each poll costs two reference-count
+//!   changes; a generated request id stays 33 bytes inline until the response header is made;
+//! - two clock reads, the start and the end, and no formatting unless something is logged.
 //!
 //! [`HttpMetricsLayer`] must be applied with `Router::layer` (after routing) so that the
 //! route label is the matched template (`/v1/items/{id}`), never the raw path; requests that
-//! match no route all share the label value [`UNMATCHED_ROUTE`]. Handles for each
-//! (method, route, status) are registered on first use and reused, so the hot path does two
-//! map look-ups under a read lock and no string building.
+//! match no route all share the label value [`UNMATCHED_ROUTE`].
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -74,10 +84,12 @@ impl HttpMetricsLayer {
 
 impl<S> Layer<S> for HttpMetricsLayer {
     type Service = HttpMetrics<S>;
+    /// Called once per route and method by `Router::layer`: each gets its own cache.
     fn layer(&self, inner: S) -> Self::Service {
         HttpMetrics {
             inner,
             state: self.state.clone(),
+            route: Arc::default(),
         }
     }
 }
@@ -117,25 +129,53 @@ fn hex16(out: &mut [u8], value: u64) {
 }
 
 impl RequestIds {
-    fn next(&self) -> HeaderValue {
+    fn next(&self) -> RequestId {
         let seq = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut id = [b'-'; 33];
         hex16(&mut id[..16], self.prefix);
         hex16(&mut id[17..], seq);
-        HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+        RequestId::Generated(id)
     }
 
     /// The client's id if it is short printable ASCII, otherwise a new one.
-    fn for_request(&self, given: Option<&HeaderValue>) -> HeaderValue {
+    fn for_request(&self, given: Option<&HeaderValue>) -> RequestId {
         match given {
             Some(v)
                 if !v.is_empty()
                     && v.len() <= MAX_CLIENT_ID_LEN
                     && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
             {
-                v.clone()
+                RequestId::Client(v.clone())
             }
             _ => self.next(),
+        }
+    }
+}
+
+/// A request id: the client's header value (a reference into the request's buffer), or
+/// one of ours, kept inline until the response header needs it.
+#[derive(Debug)]
+enum RequestId {
+    Client(HeaderValue),
+    Generated([u8; 33]),
+}
+
+impl RequestId {
+    fn as_str(&self) -> &str {
+        let bytes = match self {
+            Self::Client(v) => v.as_bytes(),
+            Self::Generated(id) => id,
+        };
+        // Both are printable ASCII by construction.
+        std::str::from_utf8(bytes).unwrap_or("-")
+    }
+
+    fn header_value(&self) -> HeaderValue {
+        match self {
+            Self::Client(v) => v.clone(),
+            Self::Generated(id) => {
+                HeaderValue::from_bytes(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+            }
         }
     }
 }
@@ -146,7 +186,10 @@ struct RouteHandles {
     active: Gauge,
     request_size: Histogram,
     response_size: Histogram,
-    by_status: RwLock<HashMap<u16, StatusHandles>>,
+    /// Status 200's handles, made on its first use.
+    ok: OnceLock<StatusHandles>,
+    /// Every other status's, in the order first seen.
+    by_status: RwLock<Vec<(u16, StatusHandles)>>,
     /// Whether a request starts a trace when its caller did not: not for `/metrics` and the
     /// health probes, which would fill the trace store with scrapes.
     traced: bool,
@@ -210,6 +253,7 @@ impl State {
                         .histogram(&[("http_request_method", m), ("http_route", route)]),
                     response_size: catalog::HTTP_SERVER_RESPONSE_BODY_SIZE
                         .histogram(&[("http_request_method", m), ("http_route", route)]),
+                    ok: OnceLock::new(),
                     by_status: RwLock::default(),
                     traced: route != "/metrics" && !route.starts_with("/health"),
                 })
@@ -220,29 +264,38 @@ impl State {
 
 impl RouteHandles {
     fn status(&self, code: u16) -> StatusHandles {
-        if let Some(h) = self
+        if code == 200 {
+            return self.ok.get_or_init(|| self.register(code)).clone();
+        }
+        let found = self
             .by_status
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&code)
-        {
+            .iter()
+            .find_map(|(c, h)| (*c == code).then(|| h.clone()));
+        if let Some(h) = found {
+            return h;
+        }
+        let mut seen = self.by_status.write().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, h)) = seen.iter().find(|(c, _)| *c == code) {
             return h.clone();
         }
-        let mut map = self.by_status.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(code)
-            .or_insert_with(|| {
-                let code = code.to_string();
-                let labels = [
-                    ("http_request_method", self.method),
-                    ("http_route", &*self.route),
-                    ("http_response_status_code", &code),
-                ];
-                StatusHandles {
-                    duration: catalog::HTTP_SERVER_REQUEST_DURATION.histogram(&labels),
-                    requests: catalog::HTTP_SERVER_REQUESTS.counter(&labels),
-                }
-            })
-            .clone()
+        let h = self.register(code);
+        seen.push((code, h.clone()));
+        h
+    }
+
+    fn register(&self, code: u16) -> StatusHandles {
+        let code = code.to_string();
+        let labels = [
+            ("http_request_method", self.method),
+            ("http_route", &*self.route),
+            ("http_response_status_code", &code),
+        ];
+        StatusHandles {
+            duration: catalog::HTTP_SERVER_REQUEST_DURATION.histogram(&labels),
+            requests: catalog::HTTP_SERVER_REQUESTS.counter(&labels),
+        }
     }
 }
 
@@ -251,6 +304,22 @@ impl RouteHandles {
 pub struct HttpMetrics<S> {
     inner: S,
     state: Arc<State>,
+    /// The handles of the route this copy wraps, once its first request found them.
+    route: Arc<OnceLock<Arc<RouteHandles>>>,
+}
+
+impl<S> HttpMetrics<S> {
+    fn handles(&self, method: &Method, route: &str) -> Arc<RouteHandles> {
+        let m = method_label(method);
+        if let Some(h) = self.route.get() {
+            if h.method == m && *h.route == *route {
+                return h.clone();
+            }
+        }
+        let h = self.state.route(method, route);
+        let _ = self.route.set(h.clone());
+        h
+    }
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HttpMetrics<S>
@@ -267,16 +336,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
         let caller = incoming_trace(req.headers());
         let id = self.state.ids.for_request(req.headers().get(&X_REQUEST_ID));
-        req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
         let route = req
             .extensions()
             .get::<MatchedPath>()
             .map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
-        let handles = self.state.route(req.method(), route);
+        let handles = self.handles(req.method(), route);
         let size = req
             .headers()
             .get(http::header::CONTENT_LENGTH)
@@ -305,7 +373,7 @@ where
             });
             (None, local)
         };
-        let current = CurrentRequest { id, handles, trace };
+        let current = CurrentRequest(Arc::new(RequestInfo { id, handles, trace }));
         let inner = {
             let _entered = span.as_ref().map(tracing::Span::enter);
             current.clone().scope(|| self.inner.call(req))
@@ -351,10 +419,14 @@ fn server_span(
     span
 }
 
-/// The request a thread is working on, as log lines name it.
+/// The request a thread is working on, as log lines name it: one shared allocation, so
+/// making it current for a poll costs a reference-count change.
 #[derive(Clone, Debug)]
-pub struct CurrentRequest {
-    id: HeaderValue,
+pub struct CurrentRequest(Arc<RequestInfo>);
+
+#[derive(Debug)]
+struct RequestInfo {
+    id: RequestId,
     handles: Arc<RouteHandles>,
     /// The request's span: exported, or only carrying the caller's trace on.
     trace: Option<SpanContext>,
@@ -363,22 +435,22 @@ pub struct CurrentRequest {
 impl CurrentRequest {
     /// The `x-request-id` value (the client's, or generated).
     pub fn id(&self) -> &str {
-        self.id.to_str().unwrap_or("-")
+        self.0.id.as_str()
     }
 
     /// The method label (`GET`, ..., `_OTHER`).
     pub fn method(&self) -> &'static str {
-        self.handles.method
+        self.0.handles.method
     }
 
     /// The matched route template, or [`UNMATCHED_ROUTE`].
     pub fn route(&self) -> &str {
-        &self.handles.route
+        &self.0.handles.route
     }
 
     /// The trace and span of the request, when it is traced or continued a caller's trace.
     pub fn trace(&self) -> Option<(TraceId, SpanId)> {
-        self.trace.as_ref().map(|t| (t.trace_id(), t.span_id()))
+        self.0.trace.as_ref().map(|t| (t.trace_id(), t.span_id()))
     }
 
     /// Runs `f` with this request as the thread's current one, then restores the previous.
@@ -416,7 +488,7 @@ struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.current.handles.active.decrement(1.0);
+        self.current.0.handles.active.decrement(1.0);
     }
 }
 
@@ -462,7 +534,8 @@ impl InFlight {
     fn finish<B: Body>(self, response: &mut Response<B>, span: Option<&tracing::Span>) {
         let code = response.status().as_u16();
         let elapsed = self.start.elapsed();
-        let handles = &self.current.handles;
+        let info = &self.current.0;
+        let handles = &info.handles;
         let status = handles.status(code);
         status.duration.record(elapsed.as_secs_f64());
         status.requests.increment(1);
@@ -482,8 +555,8 @@ impl InFlight {
             }
         }
         let headers = response.headers_mut();
-        headers.insert(X_REQUEST_ID.clone(), self.current.id.clone());
-        if let Some(t) = &self.current.trace {
+        headers.insert(X_REQUEST_ID.clone(), info.id.header_value());
+        if let Some(t) = &info.trace {
             let value = format!(
                 "00-{}-{}-{:02x}",
                 t.trace_id(),
@@ -505,7 +578,7 @@ mod tests {
     fn generated_request_ids_are_unique_and_share_the_process_prefix() {
         let ids = RequestIds::default();
         let (a, b) = (ids.next(), ids.next());
-        let (a, b) = (a.to_str().expect("ascii"), b.to_str().expect("ascii"));
+        let (a, b) = (a.as_str(), b.as_str());
         assert_ne!(a, b);
         assert_eq!(a.len(), 33);
         assert_eq!(a[..17], b[..17]);
@@ -518,9 +591,9 @@ mod tests {
         let keep = HeaderValue::from_static("abc-123");
         let long = HeaderValue::from_str(&"x".repeat(MAX_CLIENT_ID_LEN + 1)).expect("header");
         let spaced = HeaderValue::from_static("a b");
-        assert_eq!(ids.for_request(Some(&keep)), keep);
-        assert_ne!(ids.for_request(Some(&long)), long);
-        assert_ne!(ids.for_request(Some(&spaced)), spaced);
-        assert_eq!(ids.for_request(None).len(), 33);
+        assert_eq!(ids.for_request(Some(&keep)).header_value(), keep);
+        assert_ne!(ids.for_request(Some(&long)).header_value(), long);
+        assert_ne!(ids.for_request(Some(&spaced)).header_value(), spaced);
+        assert_eq!(ids.for_request(None).as_str().len(), 33);
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router};
+use axum::Json;
 use metrics::{Counter, Gauge};
 use serde::{Deserialize, Serialize};
 use tidewatch_telemetry::{catalog, ComponentHealth, Criticality, Health, HealthHandle};
@@ -321,10 +321,10 @@ impl Faults {
         let _ = self.apply(&off);
     }
 
-    /// Layers the fault check onto `api`'s routes (never the ops or admin routes): the
-    /// injected latency, then the injected share of 500s.
-    pub fn wrap<S: Clone + Send + Sync + 'static>(&self, api: Router<S>) -> Router<S> {
-        api.layer(FaultLayer(self.clone()))
+    /// The fault check as a layer for the API's routes (never the ops or admin routes;
+    /// [`crate::guard`] applies it): the injected latency, then the injected share of 500s.
+    pub(crate) fn layer(&self) -> FaultLayer {
+        FaultLayer(self.clone())
     }
 }
 
@@ -333,7 +333,7 @@ impl Faults {
 /// future: no boxed future, no state clone (an axum `from_fn` middleware cost both on every
 /// request, measurable on the prediction API; BENCHMARKS.md).
 #[derive(Clone)]
-struct FaultLayer(Faults);
+pub(crate) struct FaultLayer(Faults);
 
 impl<S> tower::Layer<S> for FaultLayer {
     type Service = FaultService<S>;
@@ -346,7 +346,7 @@ impl<S> tower::Layer<S> for FaultLayer {
 }
 
 #[derive(Clone)]
-struct FaultService<S> {
+pub(crate) struct FaultService<S> {
     inner: S,
     faults: Faults,
 }
@@ -534,6 +534,7 @@ async fn clear(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::Router;
 
     fn field(e: ApiError) -> Option<String> {
         match e {
@@ -560,7 +561,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_layer_passes_requests_through_until_a_switch_is_set() {
         let faults = Faults::new(&Fault::API);
-        let app = faults.wrap(Router::new().route("/work", axum::routing::get(|| async { "ok" })));
+        let app = crate::guard(
+            Router::new().route("/work", axum::routing::get(|| async { "ok" })),
+            &faults,
+            0,
+        );
         let (status, took) = status_after(&app).await;
         assert_eq!((status, took), (200, std::time::Duration::ZERO));
 

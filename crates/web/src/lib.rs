@@ -20,3 +20,21 @@ pub use admin::{AdminAuth, AuthFailure};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use extract::{BodyLimit, JsonBody};
 pub use faults::{Fault, Faults};
+
+use axum::Router;
+
+/// `api`'s routes behind the concurrency limit (`max_concurrent`, 0 for none; [`shed`])
+/// and, inside it, the fault switches ([`faults`]), in one `Router::layer`: axum boxes each
+/// layer it applies around every route and clones the box on every request, so the two
+/// share one (BENCHMARKS.md, "Prediction API").
+pub fn guard<S: Clone + Send + Sync + 'static>(
+    api: Router<S>,
+    faults: &Faults,
+    max_concurrent: usize,
+) -> Router<S> {
+    api.layer(
+        tower::ServiceBuilder::new()
+            .option_layer(shed::layer(max_concurrent))
+            .layer(faults.layer()),
+    )
+}

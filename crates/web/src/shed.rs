@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use metrics::Counter;
 use tidewatch_telemetry::catalog;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -26,18 +25,19 @@ use utoipa::openapi::{OpenApi, Ref, RefOr};
 
 use crate::ApiError;
 
-/// Limits `api` to `max_concurrent` requests in flight over all its routes together;
-/// 0 means no limit (requests queue in the runtime without bound).
-pub fn limit<S: Clone + Send + Sync + 'static>(api: Router<S>, max_concurrent: usize) -> Router<S> {
+/// The limit of `max_concurrent` requests in flight over all the routes it is applied to
+/// together, as a layer ([`crate::guard`] applies it); 0 means no limit (requests queue in
+/// the runtime without bound).
+pub(crate) fn layer(max_concurrent: usize) -> Option<ShedLayer> {
     if max_concurrent == 0 {
-        return api;
+        return None;
     }
     catalog::HTTP_MAX_CONCURRENT_REQUESTS
         .gauge(&[])
         .set(max_concurrent as f64);
     // The series exists at zero: an alert on its rate needs it before the first shed.
     catalog::HTTP_REQUESTS_SHED.counter(&[]).absolute(0);
-    api.layer(ShedLayer {
+    Some(ShedLayer {
         places: Arc::new(Semaphore::new(max_concurrent)),
         shed: catalog::HTTP_REQUESTS_SHED.counter(&[]),
     })
@@ -50,7 +50,7 @@ pub fn limit<S: Clone + Send + Sync + 'static>(api: Router<S>, max_concurrent: u
 /// error-handling layers and a `from_fn` middleware, each of which boxed a future or
 /// cloned a service per request (BENCHMARKS.md, "Prediction API").
 #[derive(Clone, Debug)]
-struct ShedLayer {
+pub(crate) struct ShedLayer {
     places: Arc<Semaphore>,
     shed: Counter,
 }
@@ -67,7 +67,7 @@ impl<S> Layer<S> for ShedLayer {
 }
 
 #[derive(Clone, Debug)]
-struct Shed<S> {
+pub(crate) struct Shed<S> {
     inner: S,
     places: Arc<Semaphore>,
     shed: Counter,

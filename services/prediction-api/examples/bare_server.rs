@@ -1,9 +1,9 @@
 //! The prediction handlers with no instrumentation at all (no RED layer, no request ids, no
 //! log subscriber, no-op business metrics): the baseline `scripts/bench-api` compares the
 //! real binary against. With `BARE_SERVER_MIDDLEWARE=1`, the same handlers behind the real
-//! router's fault switches and concurrency limit (`uninstrumented_router`), still with no
-//! instrumentation: the middle server, so the instrumentation's cost is told apart from
-//! those features'. Prints `listening ADDR` once bound.
+//! router's fault switches and concurrency limit (`uninstrumented_router`), served with
+//! graceful shutdown as the real binary is, still with no instrumentation: the middle
+//! server, so the instrumentation's cost is told apart from those features'. Prints `listening ADDR` once bound.
 
 use std::path::PathBuf;
 
@@ -30,11 +30,14 @@ async fn main() -> anyhow::Result<()> {
     );
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     println!("listening {}", listener.local_addr()?);
-    let router = if std::env::var("BARE_SERVER_MIDDLEWARE").is_ok_and(|v| v == "1") {
-        prediction_api::uninstrumented_router(state)
+    if std::env::var("BARE_SERVER_MIDDLEWARE").is_ok_and(|v| v == "1") {
+        // Served as the real binary serves (with graceful shutdown, which watches every
+        // connection), so that only the instrumentation tells the two apart.
+        axum::serve(listener, prediction_api::uninstrumented_router(state))
+            .with_graceful_shutdown(std::future::pending())
+            .await?;
     } else {
-        prediction_api::bare_router(state)
-    };
-    axum::serve(listener, router).await?;
+        axum::serve(listener, prediction_api::bare_router(state)).await?;
+    }
     Ok(())
 }

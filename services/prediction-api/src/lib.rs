@@ -83,7 +83,7 @@ fn app(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let (fault_admin, doc) = OpenApiRouter::with_openapi(api_doc)
         .merge(fault_admin)
         .split_for_parts();
-    let app = tidewatch_web::shed::limit(faults.wrap(api), max_concurrent).merge(fault_admin);
+    let app = tidewatch_web::guard(api, &faults, max_concurrent).merge(fault_admin);
     (app, doc)
 }
 

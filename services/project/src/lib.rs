@@ -137,8 +137,7 @@ impl Project {
             if settings.max_concurrent_requests > 0 {
                 tidewatch_web::shed::document(&mut doc);
             }
-            let routes =
-                tidewatch_web::shed::limit(faults.wrap(routes), settings.max_concurrent_requests);
+            let routes = tidewatch_web::guard(routes, &faults, settings.max_concurrent_requests);
             (routes, doc)
         });
         Ok(Self {
