@@ -204,7 +204,6 @@ impl std::fmt::Debug for RouteHandles {
     }
 }
 
-#[derive(Clone)]
 struct StatusHandles {
     duration: Histogram,
     requests: Counter,
@@ -263,26 +262,30 @@ impl State {
 }
 
 impl RouteHandles {
-    fn status(&self, code: u16) -> StatusHandles {
+    /// Counts a response with status `code` that took `seconds`, on handles made at the
+    /// status's first use and borrowed after (no clone, no hashing).
+    fn record(&self, code: u16, seconds: f64) {
+        let record = |h: &StatusHandles| {
+            h.duration.record(seconds);
+            h.requests.increment(1);
+        };
         if code == 200 {
-            return self.ok.get_or_init(|| self.register(code)).clone();
+            return record(self.ok.get_or_init(|| self.register(code)));
         }
-        let found = self
-            .by_status
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find_map(|(c, h)| (*c == code).then(|| h.clone()));
-        if let Some(h) = found {
-            return h;
+        {
+            let seen = self.by_status.read().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, h)) = seen.iter().find(|(c, _)| *c == code) {
+                return record(h);
+            }
         }
         let mut seen = self.by_status.write().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, h)) = seen.iter().find(|(c, _)| *c == code) {
-            return h.clone();
+        if !seen.iter().any(|(c, _)| *c == code) {
+            let h = self.register(code);
+            seen.push((code, h));
         }
-        let h = self.register(code);
-        seen.push((code, h.clone()));
-        h
+        if let Some((_, h)) = seen.iter().find(|(c, _)| *c == code) {
+            record(h);
+        }
     }
 
     fn register(&self, code: u16) -> StatusHandles {
@@ -536,9 +539,7 @@ impl InFlight {
         let elapsed = self.start.elapsed();
         let info = &self.current.0;
         let handles = &info.handles;
-        let status = handles.status(code);
-        status.duration.record(elapsed.as_secs_f64());
-        status.requests.increment(1);
+        handles.record(code, elapsed.as_secs_f64());
         if let Some(size) = response.body().size_hint().exact() {
             handles.response_size.record(size as f64);
         }
