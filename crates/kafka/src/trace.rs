@@ -58,13 +58,14 @@ impl Injector for HeaderWriter<'_> {
 /// (no header, a malformed or all-zero one, bytes that are not text) is no context: the
 /// message starts a trace of its own.
 pub fn remote_context(headers: &[(&str, &[u8])]) -> Option<Context> {
-    if !headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case(TRACEPARENT))
+    let reader = HeaderReader(headers);
+    if !reader
+        .get(TRACEPARENT)
+        .is_some_and(tidewatch_telemetry::trace::valid_traceparent)
     {
         return None;
     }
-    let cx = TraceContextPropagator::new().extract(&HeaderReader(headers));
+    let cx = TraceContextPropagator::new().extract(&reader);
     cx.span().span_context().is_valid().then_some(cx)
 }
 
@@ -204,6 +205,13 @@ mod tests {
             b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             b"zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             b"00-4bf92f3577b34da6a3ce929d0e0e4736",
+            // Short ids, which OpenTelemetry's propagator alone would pad (scripts/fuzz).
+            b"00-4bf9e7643-01f137-01",
+            b"00-34da6a3ce929d0e0e4736-01f067aa0ba902b7-01",
+            b"00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             b"\xff\xfe",
             b"",
         ] {

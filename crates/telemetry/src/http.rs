@@ -391,7 +391,11 @@ where
 
 /// The caller's trace context, if the request carries a valid `traceparent`.
 fn incoming_trace(headers: &http::HeaderMap) -> Option<opentelemetry::Context> {
-    if !headers.contains_key(&TRACEPARENT) {
+    if !headers
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(crate::trace::valid_traceparent)
+    {
         return None;
     }
     let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
@@ -574,6 +578,31 @@ impl InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_well_formed_traceparent_continues_a_trace() {
+        let trace = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(&TRACEPARENT, HeaderValue::from_str(value).expect("header"));
+            incoming_trace(&headers).map(|cx| cx.span().span_context().trace_id().to_string())
+        };
+        assert_eq!(
+            trace("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        // A later version may append fields.
+        assert!(trace("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x").is_some());
+        for bad in [
+            "00-4bf9e7643-01f137-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(trace(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn generated_request_ids_are_unique_and_share_the_process_prefix() {

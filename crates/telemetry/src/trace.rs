@@ -42,6 +42,31 @@ pub const TARGET: &str = "tidewatch::trace";
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
+/// Whether `value` is a W3C `traceparent` as the Trace Context specification writes it:
+/// version, trace id, parent id and flags of exactly 2, 32, 16 and 2 lower-case hex digits,
+/// the version not `ff`, and exactly those four fields for version `00` (a later version
+/// may append fields). OpenTelemetry's propagator checks less: it parses each field with
+/// `from_str_radix`, so it takes `00-4bf9e7643-01f137-01`, short ids padded with zeros
+/// into ids the caller never sent (found by `scripts/fuzz`, target `kafka_headers`). Every
+/// incoming context, from HTTP or Kafka headers, passes this first.
+pub fn valid_traceparent(value: &str) -> bool {
+    let hex = |s: &str, digits: usize| {
+        s.len() == digits && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let mut fields = value.trim().split('-');
+    let (Some(version), Some(trace_id), Some(parent_id), Some(flags)) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return false;
+    };
+    hex(version, 2)
+        && version != "ff"
+        && hex(trace_id, 32)
+        && hex(parent_id, 16)
+        && hex(flags, 2)
+        && (version != "00" || fields.next().is_none())
+}
+
 /// Whether spans are exported: callers create spans only then.
 #[inline]
 pub fn enabled() -> bool {
