@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Json, Router};
@@ -223,9 +223,12 @@ pub struct Accepted {
         BodyRefusals))]
 async fn webhook(
     State(state): State<AppState>,
-    Path(receiver): Path<String>,
+    receiver: Result<Path<String>, PathRejection>,
     body: Result<JsonBody<Webhook>, ApiError>,
 ) -> Result<Json<Accepted>, ApiError> {
+    // A segment that does not decode (a percent-encoded byte that is not UTF-8) names no
+    // receiver; axum's own rejection would answer in plain text.
+    let receiver = receiver.map(|Path(r)| r).unwrap_or_default();
     let Some(receiver) = state.0.receivers.iter().find(|r| **r == receiver).cloned() else {
         return Err(ApiError::client(
             StatusCode::NOT_FOUND,

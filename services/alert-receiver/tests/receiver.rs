@@ -104,6 +104,19 @@ async fn unknown_receivers_and_bad_bodies_are_refused_by_field() {
     let err: Value = res.json().await.expect("json");
     assert_eq!(err["error"]["field"], "receiver");
 
+    // Found by `scripts/fuzz`: a segment that does not decode to UTF-8 names no receiver
+    // (it got axum's plain-text 400 before).
+    let res = client
+        .post(format!("{base}/v1/webhook/%FF"))
+        .json(&hook("firing", "X", "info"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status().as_u16(), 404);
+    let err: Value = res.json().await.expect("json");
+    assert_eq!(err["error"]["code"], "unknown_receiver");
+    assert_eq!(err["error"]["field"], "receiver");
+
     let mut bad = hook("firing", "X", "info");
     bad["alerts"][0]["labels"] = json!("not a map");
     let res = client

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Json, Router};
@@ -386,8 +386,11 @@ fn interval_name(seconds: i32) -> String {
 )]
 pub async fn latest(
     State(store): State<Store>,
-    Path(symbol): Path<String>,
+    symbol: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Latest>, ApiError> {
+    // A segment that does not decode (a percent-encoded byte that is not UTF-8) is no
+    // symbol either; axum's own rejection would answer in plain text.
+    let symbol = symbol.map(|Path(s)| s).unwrap_or_default();
     check_symbol(&symbol)?;
     store.reachable().map_err(db_error)?;
     let row: Option<LatestRow> = store

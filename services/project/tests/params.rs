@@ -133,3 +133,16 @@ proptest! {
         check(status, &body, &uri)?;
     }
 }
+
+/// Found by `scripts/fuzz` (target `read_api_query`): a segment whose percent-encoded bytes
+/// are not UTF-8 got axum's own plain-text 400.
+#[test]
+fn a_symbol_segment_that_is_not_utf8_is_refused_as_json_naming_it() {
+    let rt = runtime();
+    for uri in ["/v1/symbols/%FF/latest", "/v1/symbols/BTC%C3-USD/latest"] {
+        let (status, body) = get(&rt, uri).expect("a URI");
+        assert_eq!(status, 422, "{uri}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_symbol", "{uri}: {body}");
+        assert_eq!(body["error"]["field"], "symbol", "{uri}: {body}");
+    }
+}
