@@ -251,6 +251,30 @@ pub async fn read(
     .expect("read topic")
 }
 
+/// Reads `topic` until messages with `want` distinct identities (`identity`) arrived, or
+/// what arrived within [`read`]'s timeout. Replays after a crash repeat messages, so
+/// counting messages alone stops early: a run whose restarted stage repeated ten bars would
+/// stop reading ten short of the newest distinct ones, and take them for missing.
+pub async fn read_distinct<K: Eq + std::hash::Hash>(
+    brokers: &str,
+    topic: &str,
+    want: usize,
+    identity: impl Fn(&ReadMessage) -> K,
+    keep: impl Fn(&ReadMessage) -> bool + Clone + Send + 'static,
+) -> Vec<ReadMessage> {
+    let mut ask = want;
+    loop {
+        let got = read(brokers, topic, ask, keep.clone()).await;
+        let distinct = got.iter().map(&identity).collect::<HashSet<_>>().len();
+        // Fewer than asked for: the read timed out, and the caller's check says what is
+        // missing.
+        if distinct >= want || got.len() < ask {
+            return got;
+        }
+        ask = got.len() + (want - distinct);
+    }
+}
+
 pub fn close_enough(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
@@ -361,7 +385,17 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
         .sum();
 
     // Bars: each closed window once (replays may repeat a bar, identically).
-    let got_bars = read(brokers, &run.bars, closed.len(), |_| true).await;
+    let got_bars = read_distinct(
+        brokers,
+        &run.bars,
+        closed.len(),
+        |m| {
+            let b: BarRecord = serde_json::from_slice(&m.payload).expect("bar record");
+            (b.symbol, b.start_ms)
+        },
+        |_| true,
+    )
+    .await;
     let mut by_key: HashMap<(String, i64), BarRecord> = HashMap::new();
     for m in &got_bars {
         let b: BarRecord = serde_json::from_slice(&m.payload).expect("bar record");
@@ -429,7 +463,17 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
         !want_features.is_empty(),
         "the run was long enough for features"
     );
-    let got_features = read(brokers, &run.features, want_features.len(), |_| true).await;
+    let got_features = read_distinct(
+        brokers,
+        &run.features,
+        want_features.len(),
+        |m| {
+            let f: FeatureRecord = serde_json::from_slice(&m.payload).expect("feature record");
+            (f.symbol, f.bar_start_ms)
+        },
+        |_| true,
+    )
+    .await;
     let mut features_by_key: HashMap<(String, i64), FeatureRecord> = HashMap::new();
     for m in &got_features {
         let f: FeatureRecord = serde_json::from_slice(&m.payload).expect("feature record");
@@ -456,7 +500,18 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
     }
 
     // One prediction per feature vector, for the same bar.
-    let got_predictions = read(brokers, &run.predictions, want_features.len(), |_| true).await;
+    let got_predictions = read_distinct(
+        brokers,
+        &run.predictions,
+        want_features.len(),
+        |m| {
+            let p: tidewatch_schema::PredictionRecord =
+                serde_json::from_slice(&m.payload).expect("prediction");
+            (p.symbol, p.bar_start_ms)
+        },
+        |_| true,
+    )
+    .await;
     let predicted: HashSet<(String, i64)> = got_predictions
         .iter()
         .map(|m| {
@@ -549,7 +604,22 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
         run.enriched.clone(),
     ]
     .into();
-    let dead = read(brokers, DLQ_TOPIC, want_dlq.len(), move |m| {
+    // What a dead letter is of: a raw record's position, or a trade's id.
+    let identity = |m: &ReadMessage| {
+        let h = |name: &str| m.headers.get(name).cloned().unwrap_or_default();
+        if h(dlq::HEADER_SOURCE_TOPIC) == run.raw {
+            format!(
+                "raw:{}:{}",
+                h(dlq::HEADER_SOURCE_PARTITION),
+                h(dlq::HEADER_SOURCE_OFFSET)
+            )
+        } else {
+            let trade: serde_json::Value =
+                serde_json::from_slice(&m.payload).expect("dead trade is JSON");
+            trade["trade_id"].as_str().expect("trade id").to_owned()
+        }
+    };
+    let dead = read_distinct(brokers, DLQ_TOPIC, want_dlq.len(), identity, move |m| {
         m.headers
             .get(dlq::HEADER_SOURCE_TOPIC)
             .is_some_and(|t| sources.contains(t))
@@ -563,17 +633,7 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
             !h(dlq::HEADER_ERROR_REASON).is_empty(),
             "every dead letter has a reason"
         );
-        let identity = if h(dlq::HEADER_SOURCE_TOPIC) == run.raw {
-            format!(
-                "raw:{}:{}",
-                h(dlq::HEADER_SOURCE_PARTITION),
-                h(dlq::HEADER_SOURCE_OFFSET)
-            )
-        } else {
-            let trade: serde_json::Value =
-                serde_json::from_slice(&m.payload).expect("dead trade is JSON");
-            trade["trade_id"].as_str().expect("trade id").to_owned()
-        };
+        let identity = identity(m);
         let code = h(dlq::HEADER_ERROR_CODE);
         if let Some(previous) = got_dlq.insert(identity.clone(), code.clone()) {
             assert_eq!(
