@@ -103,6 +103,7 @@ impl StageContext {
         ));
         catalog::KAFKA_POSITION_RESETS.counter(&[]).increment(0);
         catalog::KAFKA_SKIPPED_OFFSETS.counter(&[]).increment(0);
+        catalog::KAFKA_UNREADABLE_HEADERS.counter(&[]).increment(0);
         Self {
             lag: Mutex::default(),
             commits: CommitCounters::default(),

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::Headers as _;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, Message as _};
 
@@ -27,19 +26,11 @@ impl From<&rdkafka::message::BorrowedMessage<'_>> for ReadMessage {
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().unwrap_or_default().to_vec(),
-            headers: m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_owned(),
-                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
+            headers: crate::headers::read(m.headers())
+                .0
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned()))
+                .collect(),
         }
     }
 }

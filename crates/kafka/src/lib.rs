@@ -9,6 +9,8 @@
 //! - [`context`]: librdkafka statistics turned into lag gauges (never logged), rebalances
 //!   and commits counted.
 //! - [`dlq`]: the one dead-letter topic and its headers; [`inspect`] reads a topic back.
+//! - [`headers`]: a consumed message's headers, read so that a name rdkafka cannot read
+//!   is left out and counted instead of panicking the stage.
 //! - [`sink`]: the at-least-once batch loop of a stage that writes to a store (the
 //!   projection into PostgreSQL): decode, write a batch atomically, retry while the store
 //!   is away, and only then store the offsets.
@@ -18,6 +20,7 @@
 
 pub mod context;
 pub mod dlq;
+pub mod headers;
 pub mod inspect;
 mod positions;
 pub mod producer;

@@ -20,7 +20,6 @@ use anyhow::Context as _;
 use futures::stream::{FuturesOrdered, StreamExt as _};
 use metrics::{Counter, Gauge, Histogram};
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
-use rdkafka::message::Headers as _;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tidewatch_telemetry::{catalog, HealthHandle, Shutdown};
 use tidewatch_web::Faults;
@@ -51,14 +50,16 @@ pub struct Input<'a> {
 impl<'a> Input<'a> {
     /// The processor's view of a consumed message.
     pub fn from_message(message: &'a rdkafka::message::BorrowedMessage<'a>) -> Self {
-        let headers = message
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key, h.value.unwrap_or_default()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (headers, unreadable) = crate::headers::read(message.headers());
+        if unreadable > 0 {
+            tracing::warn!(
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset(),
+                unreadable,
+                "message headers whose names are not UTF-8 were left out"
+            );
+        }
         Input {
             topic: message.topic(),
             partition: message.partition(),

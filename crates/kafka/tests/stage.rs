@@ -10,6 +10,8 @@ use tidewatch_kafka::stage::{self, Input, Outcome, Processor, StageConfig};
 use tidewatch_kafka::{ensure_topics, Producer, Record};
 use tidewatch_telemetry::{ComponentHealth, Criticality, Health, Shutdown};
 
+mod raw_kafka;
+
 fn brokers() -> String {
     std::env::var("TIDEWATCH_KAFKA_BROKERS")
         .expect("TIDEWATCH_KAFKA_BROKERS is not set: run this test through scripts/test, which starts a broker")
@@ -50,6 +52,46 @@ impl Processor for Doubler {
     }
 }
 
+/// Runs the [`Doubler`] stage from `input` to `output` in a task until the returned
+/// shutdown is triggered.
+fn start_doubler(
+    input: &str,
+    output: &str,
+    group: &str,
+) -> (Shutdown, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let config = StageConfig {
+        stage: "test",
+        brokers: brokers(),
+        group_id: group.to_owned(),
+        input_topic: input.to_owned(),
+        max_in_flight: 64,
+        session_timeout_ms: 10_000,
+        options: Vec::new(),
+        faults: tidewatch_web::Faults::new(&[]),
+    };
+    let producer = Producer::new(&brokers(), "test-stage").expect("producer");
+    let shutdown = Shutdown::new();
+    let health = Health::new().handle(
+        "broker",
+        Criticality::Critical,
+        ComponentHealth::healthy("starting"),
+    );
+    let runner = {
+        let (shutdown, output) = (shutdown.clone(), output.to_owned());
+        tokio::spawn(async move {
+            stage::run(
+                &config,
+                &producer,
+                &mut Doubler { output },
+                &shutdown,
+                &health,
+            )
+            .await
+        })
+    };
+    (shutdown, runner)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_is_transformed_or_dead_lettered_once_and_offsets_are_committed() {
     let (input, output, group) = (
@@ -77,40 +119,7 @@ async fn every_message_is_transformed_or_dead_lettered_once_and_offsets_are_comm
     for delivery in sent {
         delivery.await.expect("input delivered");
     }
-    let config = StageConfig {
-        stage: "test",
-        brokers: brokers(),
-        group_id: group.clone(),
-        input_topic: input.clone(),
-        max_in_flight: 64,
-        session_timeout_ms: 10_000,
-        options: Vec::new(),
-        faults: tidewatch_web::Faults::new(&[]),
-    };
-    let shutdown = Shutdown::new();
-    let health = Health::new().handle(
-        "broker",
-        Criticality::Critical,
-        ComponentHealth::healthy("starting"),
-    );
-    let runner = {
-        let (config, producer, shutdown, output) = (
-            config.clone(),
-            producer.clone(),
-            shutdown.clone(),
-            output.clone(),
-        );
-        tokio::spawn(async move {
-            stage::run(
-                &config,
-                &producer,
-                &mut Doubler { output },
-                &shutdown,
-                &health,
-            )
-            .await
-        })
-    };
+    let (shutdown, runner) = start_doubler(&input, &output, &group);
 
     let outputs = read_topic_async(
         brokers(),
@@ -197,4 +206,76 @@ async fn every_message_is_transformed_or_dead_lettered_once_and_offsets_are_comm
         })
         .sum();
     assert_eq!(total, 200, "committed offsets cover all 200 input messages");
+}
+
+/// A header name that is not UTF-8 is legal on the wire, and rdkafka 0.39 panics reading
+/// one: the stage must leave that header out and go on, not crash on the message and on
+/// every replay of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_name_that_is_not_utf8_neither_stops_the_stage_nor_loses_the_message() {
+    let (input, output, group) = (
+        unique("badheader-in"),
+        unique("badheader-out"),
+        unique("badheader-group"),
+    );
+    ensure_topics(&brokers(), &[&input, &output, DLQ_TOPIC], 1)
+        .await
+        .expect("topics");
+    let records = [
+        raw_kafka::RawRecord {
+            key: Some(b"k"),
+            value: b"1",
+            headers: &[(b"before", b"ok")],
+        },
+        raw_kafka::RawRecord {
+            key: Some(b"k"),
+            value: b"2",
+            headers: &[
+                (b"kept", b"a"),
+                (b"\xff\xfe not utf-8", b"dropped"),
+                (b"also-kept", b"b"),
+            ],
+        },
+        raw_kafka::RawRecord {
+            key: Some(b"k"),
+            value: b"3",
+            headers: &[],
+        },
+    ];
+    // One broker leads every partition here (scripts/test starts one).
+    let broker = brokers();
+    let broker = broker.split(',').next().expect("a broker");
+    let first = raw_kafka::produce(broker, &input, 0, &records).expect("raw produce");
+
+    let (shutdown, runner) = start_doubler(&input, &output, &group);
+    let outputs = read_topic_async(brokers(), output, 3, Duration::from_secs(60), |_| true)
+        .await
+        .expect("read outputs");
+    let stopped_early = runner.is_finished();
+    shutdown.trigger();
+    let stopped = runner.await;
+    assert!(
+        !stopped_early,
+        "the stage stopped before shutdown: {stopped:?}"
+    );
+    assert!(matches!(stopped, Ok(Ok(()))), "{stopped:?}");
+    let mut got: Vec<String> = outputs
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, ["2", "4", "6"], "every message processed once");
+
+    // The topic reader, too, leaves the unreadable header out and keeps the rest.
+    let read = read_topic_async(brokers(), input, 3, Duration::from_secs(30), |_| true)
+        .await
+        .expect("read input back");
+    let bad = read
+        .iter()
+        .find(|m| m.offset == first + 1)
+        .expect("the message with the bad header name");
+    assert_eq!(bad.payload, b"2");
+    let mut names: Vec<&str> = bad.headers.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["also-kept", "kept"]);
 }

@@ -384,9 +384,10 @@ fn pipeline() -> Dashboard {
                     "sum by (cause) (increase(tidewatch_dlq_messages_total{SEL}[1h]))",
                     "{{cause}}",
                 )]).pie(),
-                panel("Errors and discards", "ops", "Stage errors by type, and intentional discards.", &[
+                panel("Errors and discards", "ops", "Stage errors by type, intentional discards, and headers left out of consumed messages because their names are not UTF-8 (the messages themselves go on).", &[
                     ("sum by (stage, error_type) (rate(tidewatch_component_errors_total{SEL}[$__rate_interval]))", "{{stage}} {{error_type}}"),
                     ("sum by (stage) (rate(tidewatch_component_discarded_events_total{SEL}[$__rate_interval]))", "{{stage}} discarded"),
+                    ("sum by (service) (rate(tidewatch_kafka_unreadable_headers_total{SEL}[$__rate_interval]))", "{{service}} headers left out"),
                 ]),
             ]),
             row("Kafka", vec![

@@ -540,6 +540,15 @@ pub const KAFKA_SKIPPED_OFFSETS: MetricDef = MetricDef {
     buckets: &[],
     group: Group::Kafka,
 };
+pub const KAFKA_UNREADABLE_HEADERS: MetricDef = MetricDef {
+    name: "tidewatch_kafka_unreadable_headers_total",
+    kind: MetricKind::Counter,
+    unit: None,
+    labels: &[],
+    help: "Headers of consumed messages left out because their names are not UTF-8 (rdkafka cannot read such a name); the message itself is processed.",
+    buckets: &[],
+    group: Group::Kafka,
+};
 pub const KAFKA_PRODUCE_DURATION: MetricDef = MetricDef {
     name: "tidewatch_kafka_produce_duration_seconds",
     kind: MetricKind::Histogram,
@@ -1196,6 +1205,7 @@ pub const ALL: &[&MetricDef] = &[
     &KAFKA_PRODUCER_RENEWALS,
     &KAFKA_POSITION_RESETS,
     &KAFKA_SKIPPED_OFFSETS,
+    &KAFKA_UNREADABLE_HEADERS,
     &KAFKA_PRODUCE_DURATION,
     &KAFKA_CONSUMER_LAG,
     &KAFKA_FRESHNESS_LAG,
