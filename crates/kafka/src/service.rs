@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use secrecy::SecretString;
-use tidewatch_telemetry::server::{instrument, ops_router, serve};
+use tidewatch_telemetry::http::HttpMetricsLayer;
+use tidewatch_telemetry::server::{ops_router, serve};
 use tidewatch_telemetry::{ComponentHealth, Criticality, HealthHandle, Shutdown, Telemetry};
 use tidewatch_web::faults::{self, Fault, Faults};
 use tidewatch_web::{openapi, AdminAuth};
@@ -110,6 +111,8 @@ pub struct StageService {
     topics: Vec<String>,
     producer: Producer,
     api: Option<Documented>,
+    /// The API's limit on requests in flight (0 for none).
+    max_concurrent: usize,
     faults: Faults,
 }
 
@@ -170,14 +173,18 @@ impl StageService {
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             producer,
             api: None,
+            max_concurrent: 0,
             faults: Faults::new(&Fault::STAGE),
         })
     }
 
     /// Serves `api` (routes without fallbacks, and their document) beside the ops endpoints,
-    /// on the same port; its operations join the fault switches' in `/openapi.json`.
-    pub fn with_api(mut self, api: impl Into<Documented>) -> Self {
+    /// on the same port; its operations join the fault switches' in `/openapi.json`. The
+    /// API's routes, and only they, answer to the service's fault switches and to a limit of
+    /// `max_concurrent` requests in flight (0 for none; [`tidewatch_web::shed`]).
+    pub fn with_api(mut self, api: impl Into<Documented>, max_concurrent: usize) -> Self {
         self.api = Some(api.into());
+        self.max_concurrent = max_concurrent;
         self
     }
 
@@ -284,6 +291,7 @@ impl StageService {
             telemetry,
             producer,
             api,
+            max_concurrent,
             faults,
             args,
             topics,
@@ -320,14 +328,16 @@ impl StageService {
             None => axum::Router::new(),
         };
         let (fault_routes, doc) = OpenApiRouter::with_openapi(doc)
-            .merge(faults::router(faults, admin, ADMIN_BODY_LIMIT))
+            .merge(faults::router(faults.clone(), admin, ADMIN_BODY_LIMIT))
             .split_for_parts();
-        let app = instrument(openapi::finish(
-            routes
-                .merge(fault_routes)
-                .merge(ops_router(telemetry.clone())),
+        let app = tidewatch_web::assemble(
+            routes,
+            fault_routes.merge(ops_router(telemetry.clone())),
             &doc,
-        ));
+            &faults,
+            max_concurrent,
+            Some(HttpMetricsLayer::new()),
+        );
         let server = tokio::spawn({
             let (telemetry, stop) = (telemetry.clone(), server_stop.clone());
             async move { serve(listener, app, &telemetry, stop, Duration::from_secs(5)).await }

@@ -322,7 +322,7 @@ impl Faults {
     }
 
     /// The fault check as a layer for the API's routes (never the ops or admin routes;
-    /// [`crate::guard`] applies it): the injected latency, then the injected share of 500s.
+    /// [`crate::assemble`] applies it): the injected latency, then the injected share of 500s.
     pub(crate) fn layer(&self) -> FaultLayer {
         FaultLayer(self.clone())
     }
@@ -561,10 +561,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_layer_passes_requests_through_until_a_switch_is_set() {
         let faults = Faults::new(&Fault::API);
-        let app = crate::guard(
+        let app = crate::assemble(
             Router::new().route("/work", axum::routing::get(|| async { "ok" })),
+            Router::new(),
+            &utoipa::openapi::OpenApi::default(),
             &faults,
             0,
+            None,
         );
         let (status, took) = status_after(&app).await;
         assert_eq!((status, took), (200, std::time::Duration::ZERO));

@@ -22,19 +22,40 @@ pub use extract::{BodyLimit, JsonBody};
 pub use faults::{Fault, Faults};
 
 use axum::Router;
+use tidewatch_telemetry::http::HttpMetricsLayer;
 
-/// `api`'s routes behind the concurrency limit (`max_concurrent`, 0 for none; [`shed`])
-/// and, inside it, the fault switches ([`faults`]), in one `Router::layer`: axum boxes each
-/// layer it applies around every route and clones the box on every request, so the two
-/// share one (BENCHMARKS.md, "Prediction API").
-pub fn guard<S: Clone + Send + Sync + 'static>(
-    api: Router<S>,
+/// A service's whole router from its parts:
+/// - `api` behind the concurrency limit (`max_concurrent`, 0 for none; [`shed`]) and,
+///   inside it, the fault switches ([`faults`]);
+/// - `rest` (admin and ops routes) behind neither, with `/openapi.json` (`doc`) and the
+///   JSON 404 and 405 answers ([`openapi::finish`]);
+/// - `http` (the request telemetry layer, `None` for an uninstrumented router) around
+///   both, so every route and the fallback are counted once.
+///
+/// Each part is wrapped by one `Router::layer`: axum boxes each layer it applies around
+/// every route and clones the box on every request, so the API's three layers share one
+/// (BENCHMARKS.md, "Prediction API"). `api` must have no fallback; its 405 answer is set
+/// before the layers, so that a wrong method is counted like any other answer.
+pub fn assemble(
+    api: Router,
+    rest: Router,
+    doc: &utoipa::openapi::OpenApi,
     faults: &Faults,
     max_concurrent: usize,
-) -> Router<S> {
-    api.layer(
-        tower::ServiceBuilder::new()
-            .option_layer(shed::layer(max_concurrent))
-            .layer(faults.layer()),
-    )
+    http: Option<HttpMetricsLayer>,
+) -> Router {
+    let api = api
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(
+            tower::ServiceBuilder::new()
+                .option_layer(http.clone())
+                .option_layer(shed::layer(max_concurrent))
+                .layer(faults.layer()),
+        );
+    let rest = openapi::finish(rest, doc);
+    let rest = match http {
+        Some(http) => rest.layer(http),
+        None => rest,
+    };
+    api.merge(rest)
 }

@@ -22,7 +22,8 @@ use anyhow::Context as _;
 use axum::Router;
 use tidewatch_db::registry::{Alias, Registry};
 use tidewatch_model::{Model, ModelArtifact};
-use tidewatch_telemetry::server::{instrument, ops_router, serve};
+use tidewatch_telemetry::http::HttpMetricsLayer;
+use tidewatch_telemetry::server::{ops_router, serve};
 use tidewatch_telemetry::{ComponentHealth, Criticality, Shutdown, Telemetry};
 use tokio::net::TcpListener;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -57,21 +58,19 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
 /// only, never to the ops or admin fault routes, so a fault can always be seen and cleared
 /// and probes answer under overload.
 pub fn router(state: AppState, telemetry: Telemetry) -> Router {
-    let (app, doc) = app(state);
-    instrument(openapi::finish(app.merge(ops_router(telemetry)), &doc))
+    app(state, ops_router(telemetry), Some(HttpMetricsLayer::new()))
 }
 
 /// The API and admin routes with the fault switches and the concurrency limit, as
 /// [`router`] serves them, but with no request layer and no ops routes: the benchmark's
 /// middle server, which tells the instrumentation's cost from these features'.
 pub fn uninstrumented_router(state: AppState) -> Router {
-    let (app, doc) = app(state);
-    openapi::finish(app, &doc)
+    app(state, Router::new(), None)
 }
 
-/// The API behind the fault switches and the concurrency limit, the fault admin routes, and
-/// their document.
-fn app(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+/// The API behind the fault switches and the concurrency limit, the fault admin routes and
+/// `ops` beside it, the document of both, and `http` around all.
+fn app(state: AppState, ops: Router, http: Option<HttpMetricsLayer>) -> Router {
     let faults = state.faults().clone();
     let fault_admin =
         tidewatch_web::faults::router(faults.clone(), state.admin_handle(), state.max_body_bytes());
@@ -83,8 +82,14 @@ fn app(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let (fault_admin, doc) = OpenApiRouter::with_openapi(api_doc)
         .merge(fault_admin)
         .split_for_parts();
-    let app = tidewatch_web::guard(api, &faults, max_concurrent).merge(fault_admin);
-    (app, doc)
+    tidewatch_web::assemble(
+        api,
+        fault_admin.merge(ops),
+        &doc,
+        &faults,
+        max_concurrent,
+        http,
+    )
 }
 
 /// The same API handlers with no instrumentation at all: the benchmark's baseline.

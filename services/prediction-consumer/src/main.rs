@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
                 telemetry,
             )
             .await?
-            .with_api(api)
+            .with_api(api, 0)
             .run(processor, shutdown)
             .await
         },

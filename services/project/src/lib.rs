@@ -132,14 +132,16 @@ impl Project {
         )
         .await?
         .with_faults(faults.clone())
-        .with_api({
-            let (routes, mut doc) = api::documented(store.clone());
-            if settings.max_concurrent_requests > 0 {
-                tidewatch_web::shed::document(&mut doc);
-            }
-            let routes = tidewatch_web::guard(routes, &faults, settings.max_concurrent_requests);
-            (routes, doc)
-        });
+        .with_api(
+            {
+                let (routes, mut doc) = api::documented(store.clone());
+                if settings.max_concurrent_requests > 0 {
+                    tidewatch_web::shed::document(&mut doc);
+                }
+                (routes, doc)
+            },
+            settings.max_concurrent_requests,
+        );
         Ok(Self {
             service,
             projection: Projection::new(settings, store),
