@@ -346,3 +346,111 @@ async fn an_api_request_with_a_traceparent_continues_the_callers_trace() {
     assert_eq!(line["span_id"], server_span.as_str(), "{line}");
     assert_eq!(line["route"], "/v1/predict", "{line}");
 }
+
+/// The sampler decides before a request's span exists (`tidewatch_telemetry::trace::sample`),
+/// and the provider keeps what it decided rather than drawing again: with a ratio of one
+/// half, about half of the new traces are exported (a second draw would keep a quarter); a
+/// caller's "not sampled" is followed and a caller's "sampled" too; an unsampled request
+/// still names its trace in the response and in its log line, flags 00.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sampler_decides_before_a_request_span_is_made_and_the_provider_keeps_it() {
+    const REQUESTS: usize = 400;
+    let receiver = OtlpReceiver::start().await.expect("receiver");
+    let endpoint = receiver.endpoint();
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/volatility-spike.json"
+    );
+    let mut api = Service::start(
+        "prediction-api",
+        &["--model", model],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("LOG_LEVEL", "debug"),
+            ("LOG_FORMAT", "json"),
+        ],
+    )
+    .expect("api starts");
+    api.wait_ready(Duration::from_secs(30))
+        .await
+        .expect("api ready");
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({
+        "symbol": "BTC-USD",
+        "features": {"ret_1m": 0.001, "ret_5m": 0.003, "vol_5m": 0.004, "vol_15m": 0.003, "volume_z": 2.0, "trade_rate": 8.0}
+    });
+    // (trace id, span id, flags) the response names.
+    let predict = |traceparent: Option<String>| {
+        let mut request = client.post(api.url("/v1/predict")).json(&body);
+        if let Some(tp) = traceparent {
+            request = request.header("traceparent", tp);
+        }
+        async move {
+            let response = request.send().await.expect("request");
+            assert_eq!(response.status(), 200);
+            let answer = response.headers()["traceresponse"]
+                .to_str()
+                .expect("ascii")
+                .to_owned();
+            let parts: Vec<String> = answer.split('-').map(str::to_owned).collect();
+            assert_eq!((parts.len(), parts[0].as_str()), (4, "00"), "{answer}");
+            (parts[1].clone(), parts[2].clone(), parts[3].clone())
+        }
+    };
+    let mut roots = Vec::new();
+    for _ in 0..REQUESTS {
+        roots.push(predict(None).await);
+    }
+    let unsampled_caller = "1af7651916cd43dd8448eb211c80319c";
+    let refused = predict(Some(format!("00-{unsampled_caller}-b7ad6b7169203331-00"))).await;
+    let sampled_caller = "2af7651916cd43dd8448eb211c80319c";
+    let kept = predict(Some(format!("00-{sampled_caller}-b7ad6b7169203331-01"))).await;
+
+    let status =
+        tokio::task::block_in_place(|| api.terminate(Duration::from_secs(30))).expect("api stops");
+    assert!(status.success());
+    let spans = receiver.spans();
+    let exported: HashMap<&str, &ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.name == "POST /v1/predict")
+        .map(|s| (s.span_id.as_str(), s))
+        .collect();
+
+    // Every response flagged 01 has its span exported under the trace it names; none
+    // flagged 00 has one.
+    for (trace, span, flags) in roots.iter().chain([&refused, &kept]) {
+        match (flags.as_str(), exported.get(span.as_str())) {
+            ("01", Some(s)) => assert_eq!(&s.trace_id, trace),
+            ("00", None) => {}
+            other => panic!("flags and export disagree for {trace}-{span}: {other:?}"),
+        }
+    }
+    let sampled = roots.iter().filter(|(_, _, f)| f == "01").count();
+    // Binomial(400, 0.5): mean 200, standard deviation 10. Deciding twice would keep 100.
+    assert!(
+        (140..=260).contains(&sampled),
+        "{sampled} of {REQUESTS} new traces sampled at a ratio of 0.5"
+    );
+    assert_eq!(
+        exported.len(),
+        sampled + 1,
+        "the sampled roots and the sampled caller's"
+    );
+    assert_eq!(
+        (refused.0.as_str(), refused.2.as_str()),
+        (unsampled_caller, "00")
+    );
+    assert_eq!((kept.0.as_str(), kept.2.as_str()), (sampled_caller, "01"));
+
+    // An unsampled request's log line names the trace the response named.
+    let log = api.log();
+    let line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "request finished" && l["trace_id"] == unsampled_caller)
+        .unwrap_or_else(|| panic!("the unsampled request's log line: {log}"));
+    assert_eq!(line["span_id"], refused.1.as_str(), "{line}");
+}

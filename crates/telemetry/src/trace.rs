@@ -20,15 +20,20 @@
 //! waits for its traces) and counted in `tidewatch_trace_spans_dropped_total`.
 //! [`shutdown`] exports what is queued before the process exits.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use opentelemetry::trace::{SpanContext, TraceContextExt as _, TracerProvider as _};
-use opentelemetry::Context;
+use opentelemetry::trace::{
+    Link, SamplingDecision, SamplingResult, SpanContext, SpanKind, TraceContextExt as _, TraceId,
+    TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{
-    Sampler, SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor,
+    IdGenerator as _, RandomIdGenerator, Sampler, SdkTracerProvider, ShouldSample, SpanData,
+    SpanExporter as _, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
 use tokio::sync::mpsc;
@@ -41,6 +46,8 @@ pub const TARGET: &str = "tidewatch::trace";
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+/// The configured sampler, for callers that decide before they make a span ([`sample`]).
+static SAMPLER: OnceLock<Sampler> = OnceLock::new();
 
 /// Whether `value` is a W3C `traceparent` as the Trace Context specification writes it:
 /// version, trace id, parent id and flags of exactly 2, 32, 16 and 2 lower-case hex digits,
@@ -197,9 +204,10 @@ where
         .map_err(|e| anyhow::anyhow!("setting up the OTLP trace exporter: {e}"))?;
     exporter.set_resource(&resource);
     let processor = QueueProcessor::start(exporter, &settings)?;
+    let sampler = settings.sampler()?;
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
-        .with_sampler(settings.sampler()?)
+        .with_sampler(Decided(sampler.clone()))
         .with_resource(resource)
         .build();
     let tracer = provider.tracer(service);
@@ -207,6 +215,7 @@ where
         // A second set-up in one process (tests): the first one exports.
         return Ok(None);
     }
+    let _ = SAMPLER.set(sampler);
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
@@ -217,6 +226,81 @@ where
             .with_tracer(tracer)
             .with_threads(false),
     ))
+}
+
+/// The sampling decision for a span that is made only if it is sampled (the request layer's
+/// server span), taken before the span exists so that an unsampled request makes none.
+///
+/// `parent` is the caller's context, if any: the configured sampler (`OTEL_TRACES_SAMPLER`)
+/// decides on it exactly as it would for the span, and a parent-based sampler follows the
+/// caller's flag. `Ok` when it is sampled: make the span and its context inside
+/// [`keep_sampled`], so that the provider keeps it without deciding again (a second draw of
+/// a ratio sampler would keep ratio² of the spans). `Err` when it is not: the trace the
+/// request belongs to, the caller's or a new one, for its log lines and its `traceresponse`.
+pub fn sample(parent: Option<&Context>) -> Result<(), TraceId> {
+    let trace_id = parent.map_or_else(
+        || RandomIdGenerator::default().new_trace_id(),
+        |cx| cx.span().span_context().trace_id(),
+    );
+    let Some(sampler) = SAMPLER.get() else {
+        return Err(trace_id);
+    };
+    match sampler
+        .should_sample(parent, trace_id, "request", &SpanKind::Server, &[], &[])
+        .decision
+    {
+        SamplingDecision::RecordAndSample => Ok(()),
+        SamplingDecision::Drop | SamplingDecision::RecordOnly => Err(trace_id),
+    }
+}
+
+thread_local! {
+    /// Set while a span [`sample`] kept is started: the provider's sampler keeps it.
+    static KEEP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `start`, which must make a span and start it (ask for its context), with the
+/// provider told to keep it: the decision [`sample`] took stands. Spans started later, under
+/// it, are the configured sampler's to decide as usual.
+pub fn keep_sampled<T>(start: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            KEEP.with(|k| k.set(false));
+        }
+    }
+    KEEP.with(|k| k.set(true));
+    let _reset = Reset;
+    start()
+}
+
+/// The provider's sampler: the configured one, except for the span started inside
+/// [`keep_sampled`], which is kept (once: the flag is used up by that span).
+#[derive(Debug, Clone)]
+struct Decided(Sampler);
+
+impl ShouldSample for Decided {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        if KEEP.with(|k| k.replace(false)) {
+            return SamplingResult {
+                decision: SamplingDecision::RecordAndSample,
+                attributes: Vec::new(),
+                trace_state: parent_context
+                    .map(|cx| cx.span().span_context().trace_state().clone())
+                    .unwrap_or_default(),
+            };
+        }
+        self.0
+            .should_sample(parent_context, trace_id, name, span_kind, attributes, links)
+    }
 }
 
 /// Exports every span still queued and stops the export thread; waits at most the export
@@ -462,6 +546,23 @@ mod tests {
                 .expect("valid")
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_decision_taken_before_the_span_is_kept_once_and_later_spans_are_sampled_as_configured() {
+        let never = Decided(Sampler::AlwaysOff);
+        let sample = || {
+            never
+                .should_sample(None, TraceId::from(7), "x", &SpanKind::Server, &[], &[])
+                .decision
+        };
+        assert_eq!(keep_sampled(sample), SamplingDecision::RecordAndSample);
+        // Used up by the first span: one started under it is the configured sampler's.
+        assert_eq!(
+            keep_sampled(|| (sample(), sample())),
+            (SamplingDecision::RecordAndSample, SamplingDecision::Drop)
+        );
+        assert_eq!(sample(), SamplingDecision::Drop);
     }
 
     #[test]
