@@ -271,28 +271,32 @@ async fn a_trade_is_one_trace_through_the_pipeline_and_aggregates_link_to_their_
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_api_request_with_a_traceparent_continues_the_callers_trace() {
+/// The prediction API exporting its traces to a receiver of the test's, with debug JSON logs
+/// and the settings `extra` adds.
+async fn traced_api(extra: &[(&str, &str)]) -> (OtlpReceiver, Service) {
     let receiver = OtlpReceiver::start().await.expect("receiver");
     let endpoint = receiver.endpoint();
     let model = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../models/volatility-spike.json"
     );
-    let mut api = Service::start(
-        "prediction-api",
-        &["--model", model],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ("LOG_LEVEL", "debug"),
-            ("LOG_FORMAT", "json"),
-        ],
-    )
-    .expect("api starts");
+    let mut env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("LOG_LEVEL", "debug"),
+        ("LOG_FORMAT", "json"),
+    ];
+    env.extend_from_slice(extra);
+    let api = Service::start("prediction-api", &["--model", model], &env).expect("api starts");
     api.wait_ready(Duration::from_secs(30))
         .await
         .expect("api ready");
+    (receiver, api)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_request_with_a_traceparent_continues_the_callers_trace() {
+    let (receiver, mut api) = traced_api(&[]).await;
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let caller = "b7ad6b7169203331";
     let response = reqwest::Client::new()
@@ -355,28 +359,11 @@ async fn an_api_request_with_a_traceparent_continues_the_callers_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sampler_decides_before_a_request_span_is_made_and_the_provider_keeps_it() {
     const REQUESTS: usize = 400;
-    let receiver = OtlpReceiver::start().await.expect("receiver");
-    let endpoint = receiver.endpoint();
-    let model = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../models/volatility-spike.json"
-    );
-    let mut api = Service::start(
-        "prediction-api",
-        &["--model", model],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
-            ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ("LOG_LEVEL", "debug"),
-            ("LOG_FORMAT", "json"),
-        ],
-    )
-    .expect("api starts");
-    api.wait_ready(Duration::from_secs(30))
-        .await
-        .expect("api ready");
+    let (receiver, mut api) = traced_api(&[
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+    ])
+    .await;
     let client = reqwest::Client::new();
     let body = serde_json::json!({
         "symbol": "BTC-USD",
