@@ -33,18 +33,37 @@ ensure_apt() {
 # PostgreSQL, wrk for benchmarks, tansu (built from crates.io, 12-17 minutes cold) and the
 # PostgreSQL its durable storage needs.
 ensure_tools() {
+  ensure_base_tools
+  ensure_broker_tools
+}
+
+# The Debian packages and the Rust toolchain: minutes at most.
+ensure_base_tools() {
   ensure_apt prometheus prometheus-alertmanager prometheus-node-exporter prometheus-postgres-exporter \
     postgresql wrk python3 curl debootstrap
   export PATH="$HOME/.cargo/bin:$PATH"
   ensure_rust_toolchain
+}
+
+# tansu, built from crates.io (12-20 minutes cold), and the root its PostgreSQL storage runs
+# in. Needs ensure_base_tools first; scripts/test runs it beside the workspace build.
+ensure_broker_tools() {
+  export PATH="$HOME/.cargo/bin:$PATH"
+  mkdir -p "$TW_CACHE"
+  # One build at a time: a second caller (the Docker preparation beside scripts/test's
+  # background build) waits for the first and then finds everything there.
+  local lock
+  exec {lock}>"$TW_CACHE/broker-tools.lock"
+  flock "$lock"
   # The stamp names the features: a tansu built without the PostgreSQL engine is rebuilt.
   local stamp="$TW_CACHE/tansu-$TANSU_VERSION-$TANSU_FEATURES"
   if ! { [ -f "$stamp" ] && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; }; then
-    log "building tansu $TANSU_VERSION ($TANSU_FEATURES) from crates.io (once per machine, 12-17 minutes)"
+    log "building tansu $TANSU_VERSION ($TANSU_FEATURES) from crates.io (once per machine, 12-20 minutes)"
     cargo install tansu --version "$TANSU_VERSION" --locked --features "$TANSU_FEATURES" --quiet
-    mkdir -p "$TW_CACHE" && : >"$stamp"
+    : >"$stamp"
   fi
   ensure_broker_store_root
+  exec {lock}>&-
 }
 
 # The system's Debian mirror, for debootstrap (here and in docker.sh) and trixie's packages.
