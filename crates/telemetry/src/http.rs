@@ -7,12 +7,13 @@
 //! allocation, header copy and wrapper future shows in throughput (see BENCHMARKS.md).
 //!
 //! No `tracing` span is opened per request unless traces are exported and the sampler keeps
-//! the request: the layer asks the configured sampler first ([`crate::trace::sample`]), and a
-//! span, with its registry slot, its OpenTelemetry builder and an enter and exit per poll,
-//! is made only for a request that will be exported (about 20,000 instructions a request
-//! otherwise spent on a span nobody sees). Instead, while the request's future is polled, the thread knows
-//! its request ([`with_current`]), and the log formatter (`logging.rs`) adds `request_id`,
-//! `method`, `route` and the trace to any line written then.
+//! the request: the layer asks the configured sampler first ([`crate::trace::sample`]), and
+//! a span, with its registry slot, its OpenTelemetry builder and an enter and exit per
+//! poll, is made only for a request that will be exported (about 20,000 instructions a
+//! request otherwise spent on a span nobody sees). Instead, while the request's future is
+//! polled, the thread knows its request ([`with_current`]), and the log formatter
+//! (`logging.rs`) adds `request_id`, `method`, `route` and the trace to any line written
+//! then.
 //!
 //! What a request costs is counted in instructions under callgrind by `scripts/bench-api`
 //! (see BENCHMARKS.md), so it is kept to what cannot be avoided:
