@@ -345,16 +345,18 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
-        let caller = incoming_trace(req.headers());
-        let id = self.state.ids.for_request(req.headers().get(&X_REQUEST_ID));
+        let read = ReadHeaders::of(req.headers());
+        let caller = read
+            .traceparent
+            .and_then(|tp| incoming_trace(req.headers(), tp));
+        let id = self.state.ids.for_request(read.request_id);
         let route = req
             .extensions()
             .get::<MatchedPath>()
             .map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
         let handles = self.handles(req.method(), route);
-        let size = req
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
+        let size = read
+            .content_length
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .or_else(|| req.body().size_hint().exact());
         if let Some(size) = size {
@@ -408,12 +410,42 @@ where
     }
 }
 
-/// The caller's trace context, if the request carries a valid `traceparent`.
-fn incoming_trace(headers: &http::HeaderMap) -> Option<opentelemetry::Context> {
-    if !headers
-        .get(&TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(crate::trace::valid_traceparent)
+/// The request headers the layer reads, found in one pass over the request's few headers
+/// rather than three hashed look-ups; the first value of each, as `HeaderMap::get` gives.
+#[derive(Default)]
+struct ReadHeaders<'a> {
+    traceparent: Option<&'a HeaderValue>,
+    request_id: Option<&'a HeaderValue>,
+    content_length: Option<&'a HeaderValue>,
+}
+
+impl<'a> ReadHeaders<'a> {
+    fn of(headers: &'a http::HeaderMap) -> Self {
+        let mut read = Self::default();
+        for (name, value) in headers {
+            let slot = if name == http::header::CONTENT_LENGTH {
+                &mut read.content_length
+            } else if name == X_REQUEST_ID {
+                &mut read.request_id
+            } else if name == TRACEPARENT {
+                &mut read.traceparent
+            } else {
+                continue;
+            };
+            slot.get_or_insert(value);
+        }
+        read
+    }
+}
+
+/// The caller's trace context, if the request's `traceparent` is valid.
+fn incoming_trace(
+    headers: &http::HeaderMap,
+    traceparent: &HeaderValue,
+) -> Option<opentelemetry::Context> {
+    if !traceparent
+        .to_str()
+        .is_ok_and(crate::trace::valid_traceparent)
     {
         return None;
     }
@@ -616,7 +648,8 @@ mod tests {
         let trace = |value: &str| {
             let mut headers = http::HeaderMap::new();
             headers.insert(&TRACEPARENT, HeaderValue::from_str(value).expect("header"));
-            incoming_trace(&headers).map(|cx| cx.span().span_context().trace_id().to_string())
+            incoming_trace(&headers, ReadHeaders::of(&headers).traceparent?)
+                .map(|cx| cx.span().span_context().trace_id().to_string())
         };
         assert_eq!(
             trace("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
@@ -634,6 +667,22 @@ mod tests {
         ] {
             assert_eq!(trace(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn one_pass_reads_the_first_value_of_each_header_as_get_does() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::HOST, HeaderValue::from_static("h"));
+        headers.append(&X_REQUEST_ID, HeaderValue::from_static("first"));
+        headers.append(&X_REQUEST_ID, HeaderValue::from_static("second"));
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        let read = ReadHeaders::of(&headers);
+        assert_eq!(read.request_id, headers.get(&X_REQUEST_ID));
+        assert_eq!(
+            read.content_length,
+            headers.get(http::header::CONTENT_LENGTH)
+        );
+        assert_eq!(read.traceparent, None);
     }
 
     #[test]
