@@ -30,8 +30,8 @@ ensure_apt() {
 }
 
 # Everything the tests need beyond Rust: Prometheus and promtool, Alertmanager and amtool,
-# PostgreSQL, wrk for benchmarks, tansu (built from crates.io, 12-17 minutes cold) and the
-# PostgreSQL its durable storage needs.
+# PostgreSQL, wrk for benchmarks, tansu (built from crates.io, 12-20 minutes cold) and the
+# PostgreSQL its durable storage needs: the two halves below, which scripts/test runs apart.
 ensure_tools() {
   ensure_base_tools
   ensure_broker_tools
