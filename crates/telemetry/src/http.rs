@@ -125,10 +125,12 @@ impl Default for RequestIds {
     }
 }
 
-fn hex16(out: &mut [u8], value: u64) {
+/// Writes `bytes` into `out` as lower-case hex, two digits a byte.
+fn hex(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = DIGITS[((value >> (60 - 4 * i)) & 0xf) as usize];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
 }
 
@@ -136,8 +138,8 @@ impl RequestIds {
     fn next(&self) -> RequestId {
         let seq = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut id = [b'-'; 33];
-        hex16(&mut id[..16], self.prefix);
-        hex16(&mut id[17..], seq);
+        hex(&mut id[..16], &self.prefix.to_be_bytes());
+        hex(&mut id[17..], &seq.to_be_bytes());
         RequestId::Generated(id)
     }
 
@@ -365,15 +367,10 @@ where
         handles.active.increment(1.0);
         // Probes and scrapes start no trace of their own; a caller's trace is continued.
         // The sampler decides before any span is made: a request it drops makes none.
-        let decision = if crate::trace::enabled() && (handles.traced || caller.is_some()) {
-            crate::trace::sample(caller.as_ref())
-        } else {
-            Err(caller
-                .as_ref()
-                .map_or(TraceId::INVALID, |c| c.span().span_context().trace_id()))
-        };
+        let decision = (crate::trace::enabled() && (handles.traced || caller.is_some()))
+            .then(|| crate::trace::sample(caller.as_ref()));
         let (span, trace) = match decision {
-            Ok(()) => {
+            Some(Ok(())) => {
                 let (span, sc) = crate::trace::keep_sampled(|| {
                     let span = server_span(&handles, req.uri().path(), caller);
                     let sc = span.context().span().span_context().clone();
@@ -382,19 +379,11 @@ where
                 (Some(span), Some(sc))
             }
             // Not exported: the request's trace (the caller's, or when traces are on a new
-            // one) still reaches the logs and the response, under a span id of this
-            // server's (flags 00: nothing was recorded).
-            Err(trace_id) => (
+            // one) still reaches the logs and the response.
+            Some(Err(trace_id)) => (None, Some(unrecorded(trace_id))),
+            None => (
                 None,
-                (trace_id != TraceId::INVALID).then(|| {
-                    SpanContext::new(
-                        trace_id,
-                        RandomIdGenerator::default().new_span_id(),
-                        TraceFlags::default(),
-                        false,
-                        TraceState::NONE,
-                    )
-                }),
+                caller.map(|c| unrecorded(c.span().span_context().trace_id())),
             ),
         };
         let current = CurrentRequest(Arc::new(RequestInfo { id, handles, trace }));
@@ -620,22 +609,26 @@ impl InFlight {
     }
 }
 
+/// The context of a request in trace `trace_id` that records nothing: a span id of this
+/// server's, flags 00.
+fn unrecorded(trace_id: TraceId) -> SpanContext {
+    SpanContext::new(
+        trace_id,
+        RandomIdGenerator::default().new_span_id(),
+        TraceFlags::default(),
+        false,
+        TraceState::NONE,
+    )
+}
+
 /// `00-<trace id>-<span id>-<flags>` in lower-case hex, written without the formatting
 /// machinery (`format!` of the ids cost about 2,500 instructions a request).
 fn traceresponse(sc: &SpanContext) -> [u8; 55] {
     let mut out = [b'-'; 55];
     out[..2].copy_from_slice(b"00");
-    let trace = u128::from_be_bytes(sc.trace_id().to_bytes());
-    hex16(&mut out[3..19], (trace >> 64) as u64);
-    hex16(&mut out[19..35], trace as u64);
-    hex16(
-        &mut out[36..52],
-        u64::from_be_bytes(sc.span_id().to_bytes()),
-    );
-    let flags = sc.trace_flags().to_u8();
-    let mut flag_digits = [0; 16];
-    hex16(&mut flag_digits, u64::from(flags));
-    out[53..].copy_from_slice(&flag_digits[14..]);
+    hex(&mut out[3..35], &sc.trace_id().to_bytes());
+    hex(&mut out[36..52], &sc.span_id().to_bytes());
+    hex(&mut out[53..], &[sc.trace_flags().to_u8()]);
     out
 }
 
