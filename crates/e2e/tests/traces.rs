@@ -92,16 +92,12 @@ async fn a_trade_is_one_trace_through_the_pipeline_and_aggregates_link_to_their_
         if progress.1.elapsed() > Duration::from_secs(60)
             || started.elapsed() > Duration::from_secs(600)
         {
-            let logs: Vec<String> = stages
-                .iter()
-                .map(|s| format!("{} log:\n{}", s.label, s.log_tail()))
-                .collect();
             panic!(
                 "no outcome stored after {:?} ({:?} since a stage last received a record); \
                  records received: {received:?}\n{}",
                 started.elapsed(),
                 progress.1.elapsed(),
-                logs.join("\n")
+                support::log_tails(&stages)
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -295,6 +295,15 @@ pub struct Accounting {
 /// dead-letter topic with their reasons (a redelivered copy matched), and every published
 /// record in a closed bar, an open window or the dead-letter topic. `logs` is shown when
 /// bars are missing.
+/// Each service's log tail under its label, for a failure message.
+pub fn log_tails<'a>(services: impl IntoIterator<Item = &'a Service>) -> String {
+    services
+        .into_iter()
+        .map(|s| format!("{} log:\n{}", s.label, s.log_tail()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) -> Accounting {
     let published = read(brokers, &run.raw, records as usize, |_| true).await;
     assert_eq!(
@@ -415,15 +424,11 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
     if got_keys != want_keys {
         let missing: BTreeSet<_> = want_keys.difference(&got_keys).collect();
         let extra: BTreeSet<_> = got_keys.difference(&want_keys).collect();
-        let logs: Vec<String> = logs
-            .iter()
-            .map(|s| format!("{} log:\n{}", s.label, s.log_tail()))
-            .collect();
         panic!(
             "exactly the closed windows became bars: {} missing {missing:?}, {} extra {extra:?}\n{}",
             missing.len(),
             extra.len(),
-            logs.join("\n")
+            log_tails(logs.iter().copied())
         );
     }
     let mut trades_in_bars = 0;
@@ -546,16 +551,11 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
         if bars_n == want_rows && predictions_n == want_features.len() as i64 {
             break;
         }
-        let logs: Vec<String> = logs
-            .iter()
-            .filter(|s| s.name == "project")
-            .map(|s| format!("{} log:\n{}", s.label, s.log_tail()))
-            .collect();
         assert!(
             Instant::now() < deadline,
             "PostgreSQL holds {bars_n}/{want_rows} bars and {predictions_n}/{} predictions\n{}",
             want_features.len(),
-            logs.join("\n")
+            log_tails(logs.iter().copied().filter(|s| s.name == "project"))
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
