@@ -251,21 +251,29 @@ pub async fn read(
     .expect("read topic")
 }
 
-/// Reads `topic` until messages with `want` distinct identities (`identity`) arrived, or
-/// what arrived within [`read`]'s timeout. Replays after a crash repeat messages, so
-/// counting messages alone stops early: a run whose restarted stage repeated ten bars would
-/// stop reading ten short of the newest distinct ones, and take them for missing.
-pub async fn read_distinct<K: Eq + std::hash::Hash>(
+/// Reads `topic` until messages with `want` distinct identities arrived, or what arrived
+/// within [`read`]'s timeout, each message decoded once by `decode` into its identity and
+/// value. Replays after a crash repeat messages, so counting messages alone stops early: a
+/// run whose restarted stage repeated ten bars would stop reading ten short of the newest
+/// distinct ones, and take them for missing.
+pub async fn read_distinct<K: Eq + std::hash::Hash, T>(
     brokers: &str,
     topic: &str,
     want: usize,
-    identity: impl Fn(&ReadMessage) -> K,
+    decode: impl Fn(&ReadMessage) -> (K, T),
     keep: impl Fn(&ReadMessage) -> bool + Clone + Send + 'static,
-) -> Vec<ReadMessage> {
+) -> Vec<(ReadMessage, K, T)> {
     let mut ask = want;
     loop {
-        let got = read(brokers, topic, ask, keep.clone()).await;
-        let distinct = got.iter().map(&identity).collect::<HashSet<_>>().len();
+        let got: Vec<_> = read(brokers, topic, ask, keep.clone())
+            .await
+            .into_iter()
+            .map(|m| {
+                let (identity, value) = decode(&m);
+                (m, identity, value)
+            })
+            .collect();
+        let distinct = got.iter().map(|(_, k, _)| k).collect::<HashSet<_>>().len();
         // Fewer than asked for: the read timed out, and the caller's check says what is
         // missing.
         if distinct >= want || got.len() < ask {
@@ -288,13 +296,6 @@ pub struct Accounting {
     pub pool: sqlx::PgPool,
 }
 
-/// Recomputes, from what the generator published (exactly `records` records), every bar,
-/// feature vector and dead letter, and asserts that the topics and project's PostgreSQL
-/// hold exactly those: every closed window once as a bar (a replayed bar identical), every
-/// feature vector, a prediction for each, exactly the planted bad and late records in the
-/// dead-letter topic with their reasons (a redelivered copy matched), and every published
-/// record in a closed bar, an open window or the dead-letter topic. `logs` is shown when
-/// bars are missing.
 /// Each service's log tail under its label, for a failure message.
 pub fn log_tails<'a>(services: impl IntoIterator<Item = &'a Service>) -> String {
     services
@@ -304,6 +305,13 @@ pub fn log_tails<'a>(services: impl IntoIterator<Item = &'a Service>) -> String 
         .join("\n")
 }
 
+/// Recomputes, from what the generator published (exactly `records` records), every bar,
+/// feature vector and dead letter, and asserts that the topics and project's PostgreSQL
+/// hold exactly those: every closed window once as a bar (a replayed bar identical), every
+/// feature vector, a prediction for each, exactly the planted bad and late records in the
+/// dead-letter topic with their reasons (a redelivered copy matched), and every published
+/// record in a closed bar, an open window or the dead-letter topic. `logs` is shown when
+/// bars are missing.
 pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) -> Accounting {
     let published = read(brokers, &run.raw, records as usize, |_| true).await;
     assert_eq!(
@@ -400,20 +408,19 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
         closed.len(),
         |m| {
             let b: BarRecord = serde_json::from_slice(&m.payload).expect("bar record");
-            (b.symbol, b.start_ms)
+            ((b.symbol.clone(), b.start_ms), b)
         },
         |_| true,
     )
     .await;
+    let bar_messages = got_bars.len();
     let mut by_key: HashMap<(String, i64), BarRecord> = HashMap::new();
-    for m in &got_bars {
-        let b: BarRecord = serde_json::from_slice(&m.payload).expect("bar record");
+    for (m, key, b) in got_bars {
         assert_eq!(
             m.key.as_deref(),
             Some(b.symbol.as_bytes()),
             "bars are keyed by symbol"
         );
-        let key = (b.symbol.clone(), b.start_ms);
         if let Some(previous) = by_key.get(&key) {
             assert_eq!(previous, &b, "a replayed bar is identical");
         }
@@ -474,15 +481,13 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
         want_features.len(),
         |m| {
             let f: FeatureRecord = serde_json::from_slice(&m.payload).expect("feature record");
-            (f.symbol, f.bar_start_ms)
+            ((f.symbol.clone(), f.bar_start_ms), f)
         },
         |_| true,
     )
     .await;
     let mut features_by_key: HashMap<(String, i64), FeatureRecord> = HashMap::new();
-    for m in &got_features {
-        let f: FeatureRecord = serde_json::from_slice(&m.payload).expect("feature record");
-        let key = (f.symbol.clone(), f.bar_start_ms);
+    for (_, key, f) in got_features {
         if let Some(previous) = features_by_key.get(&key) {
             assert_eq!(previous, &f, "replayed features are identical");
         }
@@ -512,20 +517,18 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
         |m| {
             let p: tidewatch_schema::PredictionRecord =
                 serde_json::from_slice(&m.payload).expect("prediction");
-            (p.symbol, p.bar_start_ms)
+            ((p.symbol.clone(), p.bar_start_ms), p)
         },
         |_| true,
     )
     .await;
     let predicted: HashSet<(String, i64)> = got_predictions
-        .iter()
-        .map(|m| {
-            let p: tidewatch_schema::PredictionRecord =
-                serde_json::from_slice(&m.payload).expect("prediction");
+        .into_iter()
+        .map(|(_, key, p)| {
             assert!(
                 (0.0..=1.0).contains(&p.probability) && (0.0..=1.0).contains(&p.online_probability)
             );
-            (p.symbol, p.bar_start_ms)
+            key
         })
         .collect();
     assert_eq!(
@@ -619,21 +622,26 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
             trade["trade_id"].as_str().expect("trade id").to_owned()
         }
     };
-    let dead = read_distinct(brokers, DLQ_TOPIC, want_dlq.len(), identity, move |m| {
-        m.headers
-            .get(dlq::HEADER_SOURCE_TOPIC)
-            .is_some_and(|t| sources.contains(t))
-    })
+    let dead = read_distinct(
+        brokers,
+        DLQ_TOPIC,
+        want_dlq.len(),
+        |m| (identity(m), ()),
+        move |m| {
+            m.headers
+                .get(dlq::HEADER_SOURCE_TOPIC)
+                .is_some_and(|t| sources.contains(t))
+        },
+    )
     .await;
     let mut got_dlq: HashMap<String, String> = HashMap::new();
     let mut dlq_copies = 0;
-    for m in &dead {
+    for (m, identity, ()) in &dead {
         let h = |name: &str| m.headers.get(name).cloned().unwrap_or_default();
         assert!(
             !h(dlq::HEADER_ERROR_REASON).is_empty(),
             "every dead letter has a reason"
         );
-        let identity = identity(m);
         let code = h(dlq::HEADER_ERROR_CODE);
         if let Some(previous) = got_dlq.insert(identity.clone(), code.clone()) {
             assert_eq!(
@@ -658,7 +666,7 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
         "published {records}: {trades_in_bars} in {} closed bars ({} bar messages) + {in_open_windows} in open windows + \
          {dead_lettered} dead-lettered ({dlq_copies} redelivered copies); {} feature vectors; kinds {kinds:?}",
         closed.len(),
-        got_bars.len(),
+        bar_messages,
         want_features.len()
     );
     assert_eq!(trades_in_bars + in_open_windows + dead_lettered, records);
