@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Copies Prometheus rule files with every duration divided by a factor: `for:`,
-`keep_firing_for:` and the range and subquery windows inside expressions. Nothing else
+`keep_firing_for:`, and the range and subquery windows and offsets inside expressions. Nothing else
 changes (names, labels, thresholds, annotations), so the alerts fire on the same conditions,
 only sooner. Used by `scripts/stack` when TW_STACK_RULE_SPEEDUP is set, so the fault
 scenarios finish in minutes instead of the better part of an hour.
@@ -37,7 +37,9 @@ def scale_expr(expr, factor):
             return "[" + scaled(rng, factor) + ":" + (scaled(res, factor) if res else "") + "]"
         return "[" + scaled(inner, factor) + "]"
 
-    return re.sub(r"\[([0-9smhdwy:]+)\]", window, expr)
+    expr = re.sub(r"\[([0-9smhdwy:]+)\]", window, expr)
+    return re.sub(r"\boffset(\s+)(-?)([0-9smhdwy]+)",
+                  lambda m: "offset" + m.group(1) + m.group(2) + scaled(m.group(3), factor), expr)
 
 
 def main():

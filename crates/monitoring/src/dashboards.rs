@@ -516,7 +516,7 @@ fn model() -> Dashboard {
                 ]).stat(),
             ]),
             row("Online learning and serving", vec![
-                panel("Online model updates", "ops", "Online-learning updates per second; OnlineLearningStalled fires when none happen while features arrive.", &[
+                panel("Online model updates", "ops", "Online-learning updates per second; OnlineLearningStalled fires when none happen for 15 minutes while features arrive (and arrived ten minutes before).", &[
                     ("sum(rate(tidewatch_online_model_updates_total{SEL}[$__rate_interval]))", "updates"),
                 ]),
                 panel("Since the online model's last update", "s", "Seconds since the online model last learned (no value before its first update).", &[
