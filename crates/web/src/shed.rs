@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use metrics::Counter;
 use tidewatch_telemetry::catalog;
@@ -39,20 +39,26 @@ pub(crate) fn layer(max_concurrent: usize) -> Option<ShedLayer> {
     catalog::HTTP_REQUESTS_SHED.counter(&[]).absolute(0);
     Some(ShedLayer {
         places: Arc::new(Semaphore::new(max_concurrent)),
+        max_concurrent,
         shed: catalog::HTTP_REQUESTS_SHED.counter(&[]),
+        open_connections: tidewatch_telemetry::server::open_connections,
     })
 }
 
 /// The limit as one tower layer: a place is taken without waiting (`try_acquire`), or the
 /// request is answered 503 at once; an admitted request yields once before its handler
-/// runs (see below) and gives its place back when its response is ready or it is dropped.
+/// runs while the connections could fill half the places (see [`ShedFuture`]), and gives
+/// its place back when its response is ready or it is dropped.
 /// One service and one future instead of tower's load-shed, concurrency-limit and
 /// error-handling layers and a `from_fn` middleware, each of which boxed a future or
 /// cloned a service per request (BENCHMARKS.md, "Prediction API").
 #[derive(Clone, Debug)]
 pub(crate) struct ShedLayer {
     places: Arc<Semaphore>,
+    max_concurrent: usize,
     shed: Counter,
+    /// [`tidewatch_telemetry::server::open_connections`]; a test's own count in tests.
+    open_connections: fn() -> usize,
 }
 
 impl<S> Layer<S> for ShedLayer {
@@ -61,7 +67,9 @@ impl<S> Layer<S> for ShedLayer {
         Shed {
             inner,
             places: self.places.clone(),
+            max_concurrent: self.max_concurrent,
             shed: self.shed.clone(),
+            open_connections: self.open_connections,
         }
     }
 }
@@ -70,7 +78,26 @@ impl<S> Layer<S> for ShedLayer {
 pub(crate) struct Shed<S> {
     inner: S,
     places: Arc<Semaphore>,
+    max_concurrent: usize,
     shed: Counter,
+    open_connections: fn() -> usize,
+}
+
+impl<S> Shed<S> {
+    /// Whether an admitted request must yield before its handler runs: unless it came over
+    /// HTTP/1 while fewer connections are open than half the places. Such a connection
+    /// carries one request at a time, so requests queued for the CPU are at most as many as
+    /// the connections, and with fewer connections than places nothing could ever be shed;
+    /// the yield would only cost a trip through the scheduler and hyper's dispatcher (about
+    /// 1,900 instructions, BENCHMARKS.md). At half, not at all, of the places, so that the
+    /// requests in flight (`http_server_active_requests`, and ActiveRequestsHigh at 80% of
+    /// the limit) count the queued ones whenever they come near the limit. HTTP/2 carries
+    /// many requests over one connection, and 0 open connections means nothing counts them
+    /// (a server not started through `tidewatch_telemetry::server::serve`): both yield.
+    fn must_yield(&self, request: &Request) -> bool {
+        let open = (self.open_connections)();
+        open == 0 || open * 2 >= self.max_concurrent || request.version() > Version::HTTP_11
+    }
 }
 
 impl<S> Service<Request> for Shed<S>
@@ -87,10 +114,11 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         match self.places.clone().try_acquire_owned() {
-            // The handler's future is made now and first polled after one yield.
+            // The handler's future is made now, and first polled after one yield unless
+            // the yield cannot matter (see `ShedFuture`).
             Ok(place) => ShedFuture::Admitted {
+                yielded: !self.must_yield(&request),
                 inner: self.inner.call(request),
-                yielded: false,
                 _place: place,
             },
             Err(_) => {
@@ -122,7 +150,8 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for ShedFuture<F> 
                 // request and the queue would form, unbounded, in front of it (runnable
                 // connection tasks). Yielding once after admission keeps an admitted request
                 // counted while it waits for the CPU: the limit then bounds the queue
-                // itself, and requests beyond it are shed.
+                // itself, and requests beyond it are shed. `Shed::must_yield` says when
+                // the yield can be skipped (`yielded` starts true).
                 if !*yielded {
                     *yielded = true;
                     cx.waker().wake_by_ref();
@@ -185,4 +214,73 @@ fn overloaded() -> Response {
     res.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    /// A limit of `places` in front of a handler that never waits, seeing `open` connections.
+    fn limit(places: usize, open: fn() -> usize) -> Shed<tower::util::ServiceFn<Handler>> {
+        ShedLayer {
+            places: Arc::new(Semaphore::new(places)),
+            max_concurrent: places,
+            shed: catalog::HTTP_REQUESTS_SHED.counter(&[]),
+            open_connections: open,
+        }
+        .layer(tower::service_fn(answer as Handler))
+    }
+
+    type Handler = fn(Request) -> std::future::Ready<Result<Response, Infallible>>;
+
+    fn answer(_: Request) -> std::future::Ready<Result<Response, Infallible>> {
+        std::future::ready(Ok(StatusCode::OK.into_response()))
+    }
+
+    fn request(version: Version) -> Request {
+        let mut request = Request::new(axum::body::Body::empty());
+        *request.version_mut() = version;
+        request
+    }
+
+    /// How many polls the answer takes, and its status.
+    fn polls(mut future: impl Future<Output = Result<Response, Infallible>> + Unpin) -> (u32, u16) {
+        let mut cx = Context::from_waker(Waker::noop());
+        for n in 1..=3 {
+            if let Poll::Ready(Ok(response)) = Pin::new(&mut future).poll(&mut cx) {
+                return (n, response.status().as_u16());
+            }
+        }
+        panic!("no answer in 3 polls");
+    }
+
+    #[test]
+    fn an_admitted_request_yields_once_only_while_the_connections_could_fill_half_the_places() {
+        // 3 connections, 8 places: nothing can be shed, the handler runs in the first poll.
+        let mut few = limit(8, || 3);
+        assert_eq!(polls(few.call(request(Version::HTTP_11))), (1, 200));
+        // 4 connections (half of 8) and more: the admitted request waits one turn, holding
+        // its place, so the queue for the CPU is counted against the limit.
+        let mut half = limit(8, || 4);
+        assert_eq!(polls(half.call(request(Version::HTTP_11))), (2, 200));
+        // HTTP/2 carries many requests over a connection; 0 means nothing counts them.
+        assert_eq!(polls(few.call(request(Version::HTTP_2))), (2, 200));
+        let mut uncounted = limit(8, || 0);
+        assert_eq!(polls(uncounted.call(request(Version::HTTP_11))), (2, 200));
+    }
+
+    #[test]
+    fn requests_beyond_the_places_are_shed_at_once_and_a_place_comes_back_with_its_answer() {
+        let mut one = limit(1, || 5);
+        let first = one.call(request(Version::HTTP_11));
+        let (n, status) = polls(one.call(request(Version::HTTP_11)));
+        assert_eq!((n, status), (1, 503), "shed in its first poll");
+        assert_eq!(polls(first), (2, 200), "the admitted one is served");
+        assert_eq!(
+            polls(one.call(request(Version::HTTP_11))),
+            (2, 200),
+            "its place came back"
+        );
+    }
 }

@@ -31,8 +31,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     println!("listening {}", listener.local_addr()?);
     if std::env::var("BARE_SERVER_MIDDLEWARE").is_ok_and(|v| v == "1") {
-        // Served as the real binary serves (with graceful shutdown, which watches every
-        // connection), so that only the instrumentation tells the two apart.
+        // Served as the real binary serves (connections counted for the limit, graceful
+        // shutdown, which watches every connection), so that only the instrumentation
+        // tells the two apart.
+        let listener = tidewatch_telemetry::server::Counted(listener);
         axum::serve(listener, prediction_api::uninstrumented_router(state))
             .with_graceful_shutdown(std::future::pending())
             .await?;
