@@ -317,21 +317,22 @@ impl StageService {
             &format!("Tidewatch {}", telemetry.build.service),
             "A pipeline stage: its fault switches and what it shows of its state.",
         );
-        let routes = match api {
+        let (routes, api_doc) = match api {
             Some(Documented((routes, api_doc))) => {
                 if !api_doc.info.title.is_empty() {
                     doc.info = api_doc.info.clone();
                 }
-                doc.merge(api_doc);
-                routes
+                doc.merge(api_doc.clone());
+                (routes, api_doc)
             }
-            None => axum::Router::new(),
+            None => (axum::Router::new(), utoipa::openapi::OpenApi::default()),
         };
         let (fault_routes, doc) = OpenApiRouter::with_openapi(doc)
             .merge(faults::router(faults.clone(), admin, ADMIN_BODY_LIMIT))
             .split_for_parts();
         let app = tidewatch_web::assemble(
             routes,
+            &api_doc,
             fault_routes.merge(ops_router(telemetry.clone())),
             &doc,
             &faults,

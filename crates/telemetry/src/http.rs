@@ -29,7 +29,8 @@
 //!
 //! [`HttpMetricsLayer`] must be applied with `Router::layer` (after routing) so that the
 //! route label is the matched template (`/v1/items/{id}`), never the raw path; requests that
-//! match no route all share the label value [`UNMATCHED_ROUTE`].
+//! match no route all share the label value [`UNMATCHED_ROUTE`]. In front of the router,
+//! where the template is already known, [`HttpMetricsLayer::for_template`] labels with it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -94,6 +95,39 @@ impl<S> Layer<S> for HttpMetricsLayer {
             inner,
             state: self.state.clone(),
             route: Arc::default(),
+            template: None,
+        }
+    }
+}
+
+impl HttpMetricsLayer {
+    /// The layer for a service in front of the router that serves the routes of one
+    /// `template` only (`tidewatch_web::assemble` finds the template itself, so that no
+    /// layer has to be boxed around each route): requests are labelled with `template`
+    /// instead of the matched path the router would have recorded.
+    pub fn for_template(&self, template: &str) -> TemplateLayer {
+        TemplateLayer {
+            state: self.state.clone(),
+            template: Arc::from(template),
+        }
+    }
+}
+
+/// [`HttpMetricsLayer::for_template`].
+#[derive(Clone, Debug)]
+pub struct TemplateLayer {
+    state: Arc<State>,
+    template: Arc<str>,
+}
+
+impl<S> Layer<S> for TemplateLayer {
+    type Service = HttpMetrics<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpMetrics {
+            inner,
+            state: self.state.clone(),
+            route: Arc::default(),
+            template: Some(self.template.clone()),
         }
     }
 }
@@ -315,6 +349,8 @@ pub struct HttpMetrics<S> {
     state: Arc<State>,
     /// The handles of the route this copy wraps, once its first request found them.
     route: Arc<OnceLock<Arc<RouteHandles>>>,
+    /// The route's template when the router has not matched yet ([`TemplateLayer`]).
+    template: Option<Arc<str>>,
 }
 
 impl<S> HttpMetrics<S> {
@@ -352,10 +388,13 @@ where
             .traceparent
             .and_then(|tp| incoming_trace(req.headers(), tp));
         let id = self.state.ids.for_request(read.request_id);
-        let route = req
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
+        let route = match &self.template {
+            Some(template) => template,
+            None => req
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or(UNMATCHED_ROUTE, MatchedPath::as_str),
+        };
         let handles = self.handles(req.method(), route);
         let size = read
             .content_length

@@ -1,5 +1,6 @@
 //! The operational HTTP surface every service shares, and the middleware stack around it.
 
+use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -92,17 +93,25 @@ pub fn instrument(router: Router) -> Router {
     router.layer(HttpMetricsLayer::new())
 }
 
-/// Serves `app` until shutdown is triggered, then stops accepting and lets the requests in
+/// Serves `app` (a `Router`, or `tidewatch_web::App`) until shutdown is triggered, then stops accepting and lets the requests in
 /// flight finish, for at most `grace`. Readiness turns false as soon as the shutdown starts.
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     telemetry: &Telemetry,
     shutdown: Shutdown,
     grace: Duration,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: tower::Service<axum::extract::Request, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
     let health = telemetry.health.clone();
     let stop = shutdown.cancelled();
+    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
     let server = axum::serve(Counted(listener), app).with_graceful_shutdown(async move {
         stop.await;
         health.set_draining();

@@ -332,8 +332,8 @@ impl Faults {
 /// scenario) a request costs two atomic loads and goes straight to the inner service's own
 /// future: no boxed future, no state clone (an axum `from_fn` middleware cost both on every
 /// request, measurable on the prediction API; BENCHMARKS.md).
-#[derive(Clone)]
-pub(crate) struct FaultLayer(Faults);
+#[derive(Clone, Debug)]
+pub struct FaultLayer(Faults);
 
 impl<S> tower::Layer<S> for FaultLayer {
     type Service = FaultService<S>;
@@ -345,8 +345,8 @@ impl<S> tower::Layer<S> for FaultLayer {
     }
 }
 
-#[derive(Clone)]
-pub(crate) struct FaultService<S> {
+#[derive(Clone, Debug)]
+pub struct FaultService<S> {
     inner: S,
     faults: Faults,
 }
@@ -543,7 +543,7 @@ mod tests {
         }
     }
 
-    async fn status_after(app: &Router) -> (u16, std::time::Duration) {
+    async fn status_after(app: &crate::App) -> (u16, std::time::Duration) {
         use tower::ServiceExt as _;
         let started = tokio::time::Instant::now();
         let response = app
@@ -561,8 +561,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_layer_passes_requests_through_until_a_switch_is_set() {
         let faults = Faults::new(&Fault::API);
+        let api_doc = crate::tests::documented(&["/work"]);
         let app = crate::assemble(
             Router::new().route("/work", axum::routing::get(|| async { "ok" })),
+            &api_doc,
             Router::new(),
             &utoipa::openapi::OpenApi::default(),
             &faults,

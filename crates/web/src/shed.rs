@@ -53,7 +53,7 @@ pub(crate) fn layer(max_concurrent: usize) -> Option<ShedLayer> {
 /// error-handling layers and a `from_fn` middleware, each of which boxed a future or
 /// cloned a service per request (BENCHMARKS.md, "Prediction API").
 #[derive(Clone, Debug)]
-pub(crate) struct ShedLayer {
+pub struct ShedLayer {
     places: Arc<Semaphore>,
     max_concurrent: usize,
     shed: Counter,
@@ -75,7 +75,7 @@ impl<S> Layer<S> for ShedLayer {
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct Shed<S> {
+pub struct Shed<S> {
     inner: S,
     places: Arc<Semaphore>,
     max_concurrent: usize,
@@ -133,7 +133,7 @@ where
 
 pin_project_lite::pin_project! {
     #[project = ShedProj]
-    pub(crate) enum ShedFuture<F> {
+    pub enum ShedFuture<F> {
         Admitted { #[pin] inner: F, yielded: bool, _place: OwnedSemaphorePermit },
         Shed { response: Option<Response> },
     }

@@ -35,7 +35,8 @@ async fn main() -> anyhow::Result<()> {
         // shutdown, which watches every connection), so that only the instrumentation
         // tells the two apart.
         let listener = tidewatch_telemetry::server::Counted(listener);
-        axum::serve(listener, prediction_api::uninstrumented_router(state))
+        let app = prediction_api::uninstrumented_router(state);
+        axum::serve(listener, axum::ServiceExt::into_make_service(app))
             .with_graceful_shutdown(std::future::pending())
             .await?;
     } else {

@@ -25,6 +25,7 @@ use tidewatch_model::{Model, ModelArtifact};
 use tidewatch_telemetry::http::HttpMetricsLayer;
 use tidewatch_telemetry::server::{ops_router, serve};
 use tidewatch_telemetry::{ComponentHealth, Criticality, Shutdown, Telemetry};
+use tidewatch_web::App;
 use tokio::net::TcpListener;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -57,20 +58,20 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
 /// Injected faults (`/v1/admin/faults`) and the concurrency limit apply to the API routes
 /// only, never to the ops or admin fault routes, so a fault can always be seen and cleared
 /// and probes answer under overload.
-pub fn router(state: AppState, telemetry: Telemetry) -> Router {
+pub fn router(state: AppState, telemetry: Telemetry) -> App {
     app(state, ops_router(telemetry), Some(HttpMetricsLayer::new()))
 }
 
 /// The API and admin routes with the fault switches and the concurrency limit, as
 /// [`router`] serves them, but with no request layer and no ops routes: the benchmark's
 /// middle server, which tells the instrumentation's cost from these features'.
-pub fn uninstrumented_router(state: AppState) -> Router {
+pub fn uninstrumented_router(state: AppState) -> App {
     app(state, Router::new(), None)
 }
 
 /// The API behind the fault switches and the concurrency limit, the fault admin routes and
 /// `ops` beside it, the document of both, and `http` around all.
-fn app(state: AppState, ops: Router, http: Option<HttpMetricsLayer>) -> Router {
+fn app(state: AppState, ops: Router, http: Option<HttpMetricsLayer>) -> App {
     let faults = state.faults().clone();
     let fault_admin =
         tidewatch_web::faults::router(faults.clone(), state.admin_handle(), state.max_body_bytes());
@@ -79,11 +80,12 @@ fn app(state: AppState, ops: Router, http: Option<HttpMetricsLayer>) -> Router {
     if max_concurrent > 0 {
         shed::document(&mut api_doc);
     }
-    let (fault_admin, doc) = OpenApiRouter::with_openapi(api_doc)
+    let (fault_admin, doc) = OpenApiRouter::with_openapi(api_doc.clone())
         .merge(fault_admin)
         .split_for_parts();
     tidewatch_web::assemble(
         api,
+        &api_doc,
         fault_admin.merge(ops),
         &doc,
         &faults,
@@ -101,7 +103,7 @@ pub fn bare_router(state: AppState) -> Router {
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
-    router: Router,
+    router: App,
     telemetry: Telemetry,
     grace: Duration,
     /// The registry the served model follows, its state and how often it is read.
