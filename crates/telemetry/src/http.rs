@@ -74,6 +74,8 @@ const MAX_CLIENT_ID_LEN: usize = 128;
 #[derive(Clone, Debug, Default)]
 pub struct HttpMetricsLayer {
     state: Arc<State>,
+    /// The route's template, when applied in front of the router ([`Self::for_template`]).
+    template: Option<Arc<str>>,
 }
 
 impl HttpMetricsLayer {
@@ -95,7 +97,7 @@ impl<S> Layer<S> for HttpMetricsLayer {
             inner,
             state: self.state.clone(),
             route: Arc::default(),
-            template: None,
+            template: self.template.clone(),
         }
     }
 }
@@ -105,29 +107,10 @@ impl HttpMetricsLayer {
     /// `template` only (`tidewatch_web::assemble` finds the template itself, so that no
     /// layer has to be boxed around each route): requests are labelled with `template`
     /// instead of the matched path the router would have recorded.
-    pub fn for_template(&self, template: &str) -> TemplateLayer {
-        TemplateLayer {
+    pub fn for_template(&self, template: &str) -> Self {
+        Self {
             state: self.state.clone(),
-            template: Arc::from(template),
-        }
-    }
-}
-
-/// [`HttpMetricsLayer::for_template`].
-#[derive(Clone, Debug)]
-pub struct TemplateLayer {
-    state: Arc<State>,
-    template: Arc<str>,
-}
-
-impl<S> Layer<S> for TemplateLayer {
-    type Service = HttpMetrics<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        HttpMetrics {
-            inner,
-            state: self.state.clone(),
-            route: Arc::default(),
-            template: Some(self.template.clone()),
+            template: Some(Arc::from(template)),
         }
     }
 }
@@ -349,7 +332,8 @@ pub struct HttpMetrics<S> {
     state: Arc<State>,
     /// The handles of the route this copy wraps, once its first request found them.
     route: Arc<OnceLock<Arc<RouteHandles>>>,
-    /// The route's template when the router has not matched yet ([`TemplateLayer`]).
+    /// The route's template when the router has not matched yet
+    /// ([`HttpMetricsLayer::for_template`]).
     template: Option<Arc<str>>,
 }
 
