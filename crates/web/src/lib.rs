@@ -45,7 +45,7 @@ use tower::{Layer, Service};
 /// path against the API's templates itself (with the matcher axum uses) and hands the
 /// request to that template's copy of the layers, which label it with the template. axum
 /// boxes every layer a `Router::layer` applies around every route and clones and moves the
-/// box on every request, about 1,250 instructions a request here (BENCHMARKS.md,
+/// box on every request, about 1,000 instructions a request here (BENCHMARKS.md,
 /// "Prediction API"). `rest` is not on the hot path and keeps `Router::layer`. `api` must
 /// have no fallback and every route of it must be in `api_doc` (a route missing there
 /// would be answered 404); its 405 answer is set before the layers, so that a wrong method
@@ -72,10 +72,11 @@ pub fn assemble(
             Some(http) => tower::util::Either::Left(http.for_template(template).layer(guarded)),
             None => tower::util::Either::Right(guarded),
         };
-        // The API's own router accepted the same templates, so they do not conflict.
-        if matcher.insert(template.as_str(), routes.len()).is_ok() {
-            routes.push(route);
+        // The API's own router accepted the same templates, so they cannot conflict here.
+        if let Err(e) = matcher.insert(template.as_str(), routes.len()) {
+            panic!("the API's documented template {template} is not a route template: {e}");
         }
+        routes.push(route);
     }
     let rest = openapi::finish(rest, doc);
     let rest = match http {
