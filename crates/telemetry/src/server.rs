@@ -93,8 +93,10 @@ pub fn instrument(router: Router) -> Router {
     router.layer(HttpMetricsLayer::new())
 }
 
-/// Serves `app` (a `Router`, or `tidewatch_web::App`) until shutdown is triggered, then stops accepting and lets the requests in
-/// flight finish, for at most `grace`. Readiness turns false as soon as the shutdown starts.
+/// Serves `app` (a `Router`, or `tidewatch_web::App`) until shutdown is triggered, then
+/// stops accepting and lets the requests in flight finish, for at most `grace`. Readiness
+/// turns false as soon as the shutdown starts. Its connections are counted
+/// ([`open_connections`]).
 pub async fn serve<S>(
     listener: TcpListener,
     app: S,

@@ -89,9 +89,9 @@ impl<S> Shed<S> {
     /// carries one request at a time, so requests queued for the CPU are at most as many as
     /// the connections, and with fewer connections than places nothing could ever be shed;
     /// the yield would only cost a trip through the scheduler and hyper's dispatcher (about
-    /// 1,900 instructions, BENCHMARKS.md). At half, not at all, of the places, so that the
-    /// requests in flight (`http_server_active_requests`, and ActiveRequestsHigh at 80% of
-    /// the limit) count the queued ones whenever they come near the limit. HTTP/2 carries
+    /// 1,900 instructions, BENCHMARKS.md). The bound is half the places, not all of them, so
+    /// that the requests in flight (`http_server_active_requests`, and ActiveRequestsHigh at
+    /// 80% of the limit) count the queued ones whenever they come near the limit. HTTP/2 carries
     /// many requests over one connection, and 0 open connections means nothing counts them
     /// (a server not started through `tidewatch_telemetry::server::serve`): both yield.
     fn must_yield(&self, request: &Request) -> bool {
