@@ -87,22 +87,7 @@ impl HttpMetricsLayer {
             .absolute(0);
         Self::default()
     }
-}
 
-impl<S> Layer<S> for HttpMetricsLayer {
-    type Service = HttpMetrics<S>;
-    /// Called once per route and method by `Router::layer`: each gets its own cache.
-    fn layer(&self, inner: S) -> Self::Service {
-        HttpMetrics {
-            inner,
-            state: self.state.clone(),
-            route: Arc::default(),
-            template: self.template.clone(),
-        }
-    }
-}
-
-impl HttpMetricsLayer {
     /// The layer for a service in front of the router that serves the routes of one
     /// `template` only (`tidewatch_web::assemble` finds the template itself, so that no
     /// layer has to be boxed around each route): requests are labelled with `template`
@@ -111,6 +96,20 @@ impl HttpMetricsLayer {
         Self {
             state: self.state.clone(),
             template: Some(Arc::from(template)),
+        }
+    }
+}
+
+impl<S> Layer<S> for HttpMetricsLayer {
+    type Service = HttpMetrics<S>;
+    /// Called once per route and method by `Router::layer`, or once per template by
+    /// `tidewatch_web::assemble`: each copy gets its own cache.
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpMetrics {
+            inner,
+            state: self.state.clone(),
+            route: Arc::default(),
+            template: self.template.clone(),
         }
     }
 }
