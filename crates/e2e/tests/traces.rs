@@ -97,7 +97,7 @@ async fn a_trade_is_one_trace_through_the_pipeline_and_aggregates_link_to_their_
                  records received: {received:?}\n{}",
                 started.elapsed(),
                 progress.1.elapsed(),
-                support::log_tails(&stages)
+                support::reports(&stages).await
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

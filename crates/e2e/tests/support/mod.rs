@@ -296,13 +296,57 @@ pub struct Accounting {
     pub pool: sqlx::PgPool,
 }
 
-/// Each service's log tail under its label, for a failure message.
-pub fn log_tails<'a>(services: impl IntoIterator<Item = &'a Service>) -> String {
-    services
-        .into_iter()
-        .map(|s| format!("{} log:\n{}", s.label, s.log_tail()))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// What each service was doing, under its label, for a failure message: its `/health`
+/// answer, the series that show where records stopped (received, sent, consumer lag by
+/// partition, commits, rebalances) and its last log lines, librdkafka's connection chatter
+/// (INFO) left out so that a broker outage does not push the service's own lines away.
+pub async fn reports<'a>(services: impl IntoIterator<Item = &'a Service>) -> String {
+    const SERIES: [&str; 5] = [
+        "tidewatch_component_received_events_total",
+        "tidewatch_component_sent_events_total",
+        "tidewatch_kafka_consumer_lag_messages",
+        "tidewatch_kafka_commits_total",
+        "tidewatch_kafka_rebalances_total",
+    ];
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("HTTP client");
+    let mut out = Vec::new();
+    for s in services {
+        let health = match client.get(s.url("/health")).send().await {
+            Ok(r) => r.text().await.unwrap_or_else(|e| e.to_string()),
+            Err(e) => format!("unreachable: {e}"),
+        };
+        let metrics = async { client.get(s.url("/metrics")).send().await?.text().await };
+        let series = match metrics.await {
+            Ok(text) => text
+                .lines()
+                .filter(|l| {
+                    SERIES
+                        .iter()
+                        .any(|n| l.strip_prefix(n).is_some_and(|r| r.starts_with(['{', ' '])))
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Err(e) => format!("no metrics: {e}"),
+        };
+        let log = s.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                !(l.contains("\"target\":\"librdkafka\"") && l.contains("\"level\":\"INFO\""))
+            })
+            .collect();
+        out.push(format!(
+            "{} health: {health}\n{} series:\n{series}\n{} log:\n{}",
+            s.label,
+            s.label,
+            s.label,
+            lines[lines.len().saturating_sub(12)..].join("\n")
+        ));
+    }
+    out.join("\n")
 }
 
 /// Recomputes, from what the generator published (exactly `records` records), every bar,
@@ -435,7 +479,7 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
             "exactly the closed windows became bars: {} missing {missing:?}, {} extra {extra:?}\n{}",
             missing.len(),
             extra.len(),
-            log_tails(logs.iter().copied())
+            reports(logs.iter().copied()).await
         );
     }
     let mut trades_in_bars = 0;
@@ -558,7 +602,7 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
             Instant::now() < deadline,
             "PostgreSQL holds {bars_n}/{want_rows} bars and {predictions_n}/{} predictions\n{}",
             want_features.len(),
-            log_tails(logs.iter().copied().filter(|s| s.name == "project"))
+            reports(logs.iter().copied().filter(|s| s.name == "project")).await
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -789,6 +833,9 @@ impl ProxiedBroker {
             &format!("tcp://127.0.0.1:{port}"),
             &format!("tcp://{}", proxy.addr),
         )
+        // The group coordinator's decisions (members joining, missing heartbeats), for a
+        // failure's post-mortem.
+        .env("RUST_LOG", "warn,tansu_broker::coordinator::group=info")
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
