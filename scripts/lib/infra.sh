@@ -55,15 +55,57 @@ ensure_broker_tools() {
   local lock
   exec {lock}>"$TW_CACHE/broker-tools.lock"
   flock "$lock"
-  # The stamp names the features: a tansu built without the PostgreSQL engine is rebuilt.
-  local stamp="$TW_CACHE/tansu-$TANSU_VERSION-$TANSU_FEATURES"
+  # The stamp names the features and the patch: a tansu built without the PostgreSQL engine
+  # or without the patch is rebuilt.
+  local stamp="$TW_CACHE/tansu-$TANSU_VERSION-$TANSU_FEATURES-$(tansu_patch_id)"
   if ! { [ -f "$stamp" ] && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; }; then
-    log "building tansu $TANSU_VERSION ($TANSU_FEATURES) from crates.io (once per machine, 12-20 minutes)"
-    cargo install tansu --version "$TANSU_VERSION" --locked --features "$TANSU_FEATURES" --quiet
+    log "building tansu $TANSU_VERSION ($TANSU_FEATURES, patched) from crates.io (once per machine, 12-20 minutes)"
+    build_tansu
     : >"$stamp"
   fi
   ensure_broker_store_root
   exec {lock}>&-
+}
+
+# tansu 0.6.0's group coordinator drops a member that missed its heartbeats while its group
+# was formed, but keeps it as the leader: when the group forms again (a static member back
+# under a new member id, after a broker outage), every join names that dead leader, whose
+# assignment never comes, and the group's consumers wait without partitions forever.
+# scripts/lib/tansu-0.6.0-group-leader.patch lets the next member to join lead instead.
+TANSU_PATCH=$TW_ROOT/scripts/lib/tansu-$TANSU_VERSION-group-leader.patch
+tansu_patch_id() { sha256sum "$TANSU_PATCH" | cut -c1-12; }
+
+# Downloads crate $1 at $TANSU_VERSION from crates.io into directory $2, checked against the
+# checksum the crates.io index publishes.
+fetch_crate() {
+  local crate=$1 dir=$2 want got
+  want=$(curl -sSfL "https://index.crates.io/${crate:0:2}/${crate:2:2}/$crate" \
+    | python3 -c 'import json, sys; v = sys.argv[1]; print(next(d["cksum"] for d in map(json.loads, sys.stdin) if d["vers"] == v))' "$TANSU_VERSION") \
+    || die "no $crate $TANSU_VERSION in the crates.io index"
+  curl -sSfL -o "$dir/$crate.crate" "https://static.crates.io/crates/$crate/$crate-$TANSU_VERSION.crate"
+  got=$(sha256sum "$dir/$crate.crate" | cut -d' ' -f1)
+  [ "$got" = "$want" ] || die "$crate $TANSU_VERSION: checksum $got, crates.io says $want"
+  tar -xzf "$dir/$crate.crate" -C "$dir"
+}
+
+# tansu $TANSU_VERSION from its crates.io sources and their lock file, with tansu-broker
+# patched ($TANSU_PATCH), installed as ~/.cargo/bin/tansu.
+build_tansu() {
+  local dir
+  dir=$(mktemp -d)
+  fetch_crate tansu "$dir"
+  fetch_crate tansu-broker "$dir"
+  (cd "$dir/tansu-broker-$TANSU_VERSION" && git apply -p1 "$TANSU_PATCH") \
+    || die "the tansu patch does not apply"
+  printf '\n[patch.crates-io]\ntansu-broker = { path = "../tansu-broker-%s" }\n' "$TANSU_VERSION" \
+    >>"$dir/tansu-$TANSU_VERSION/Cargo.toml"
+  # The package's own Cargo.lock pins every other dependency; cargo changes only the
+  # patched entry.
+  (cd "$dir/tansu-$TANSU_VERSION" && CARGO_TARGET_DIR="$dir/target" \
+    cargo build --release --quiet --bin tansu --features "$TANSU_FEATURES") \
+    || die "tansu did not build"
+  install -m 755 "$dir/target/release/tansu" "$HOME/.cargo/bin/tansu"
+  rm -rf "$dir"
 }
 
 # The system's Debian mirror, for debootstrap (here and in docker.sh) and trixie's packages.
