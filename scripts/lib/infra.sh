@@ -99,10 +99,18 @@ build_tansu() {
     || die "the tansu patch does not apply"
   printf '\n[patch.crates-io]\ntansu-broker = { path = "../tansu-broker-%s" }\n' "$TANSU_VERSION" \
     >>"$dir/tansu-$TANSU_VERSION/Cargo.toml"
-  # The package's own Cargo.lock pins every other dependency; cargo changes only the
-  # patched entry.
+  # The package's own Cargo.lock pins every dependency. The patch may change only the
+  # patched entry (its source and checksum go); anything else stops the build.
+  cp "$dir/tansu-$TANSU_VERSION/Cargo.lock" "$dir/Cargo.lock.published"
+  (cd "$dir/tansu-$TANSU_VERSION" && cargo metadata --quiet --format-version 1 >/dev/null) \
+    || die "tansu's dependencies do not resolve"
+  local changed
+  changed=$(diff "$dir/Cargo.lock.published" "$dir/tansu-$TANSU_VERSION/Cargo.lock" | grep '^[<>]')
+  [ "$changed" = "$(printf '< source = "registry+https://github.com/rust-lang/crates.io-index"\n< checksum = "%s"' \
+    "$(sha256sum "$dir/tansu-broker.crate" | cut -d' ' -f1)")" ] \
+    || die "patching tansu-broker changed more of tansu's Cargo.lock than its entry: $changed"
   (cd "$dir/tansu-$TANSU_VERSION" && CARGO_TARGET_DIR="$dir/target" \
-    cargo build --release --quiet --bin tansu --features "$TANSU_FEATURES") \
+    cargo build --release --locked --quiet --bin tansu --features "$TANSU_FEATURES") \
     || die "tansu did not build"
   install -m 755 "$dir/target/release/tansu" "$HOME/.cargo/bin/tansu"
   rm -rf "$dir"
