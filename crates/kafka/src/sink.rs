@@ -8,7 +8,8 @@
 //! stops consuming and retries the same batch with exponential backoff until it succeeds
 //! (or shutdown), with the sink's health unhealthy meanwhile. Offsets are stored only after
 //! the write succeeded and every dead letter of the batch was acknowledged, so a crash or a
-//! failed write replays messages, never loses them: the sink's writes must be idempotent.
+//! failed write replays messages, never loses them: the sink's writes must be idempotent,
+//! and must keep a key's newest message whatever order its messages are written in.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,8 +39,10 @@ pub struct Rejected {
     pub reason: String,
 }
 
-/// A store written in batches. Writes must be idempotent: after a crash or a failed write
-/// the same items are written again.
+/// A store written in batches. Writes must be idempotent (after a crash or a failed write
+/// the same items are written again) and must not let an older message of a key replace a
+/// newer one: a member whose partitions were reassigned during a rebalance may still finish
+/// writing its batch after the partitions' new owner wrote later messages.
 pub trait Sink: Send {
     type Item: Send + Sync;
 
@@ -374,7 +377,8 @@ async fn flush<S: Sink>(
     }
     for ((topic, partition), offset) in next {
         // After a rebalance the partition may belong to another member, which writes the
-        // same rows again: idempotent writes make that harmless.
+        // same rows again, maybe before this batch landed: the sink's writes make both
+        // harmless (see `Sink`).
         if let Err(e) = consumer.store_offset(topic, partition, offset - 1) {
             tracing::debug!(error = %e, partition, "offset not stored");
         }

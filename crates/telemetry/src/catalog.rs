@@ -1087,7 +1087,7 @@ pub const DB_ROWS_WRITTEN: MetricDef = MetricDef {
     kind: MetricKind::Counter,
     unit: None,
     labels: &["table"],
-    help: "Rows inserted or changed by committed transactions, by table (rows a replay left as they were are not counted).",
+    help: "Rows whose values committed transactions inserted or changed, by table (a replay, an older version arriving late and a newer version with the same values are not counted).",
     buckets: &[],
     group: Group::Database,
 };

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use project::api;
-use project::store::{timestamp, Item, Store};
+use project::store::{timestamp, Item, Row, Store, Version};
 use tidewatch_schema::BarRecord;
 
 const BATCH: usize = 1000;
@@ -169,8 +169,12 @@ async fn main() -> anyhow::Result<()> {
         .execute(&pool)
         .await?;
     let day: Vec<Item> = (0..1440)
-        .map(|m| {
-            Item::Bar(BarRecord {
+        .map(|m| Item {
+            version: Version {
+                produced_ms: T0 + (m + 1) * 60_000,
+                offset: m,
+            },
+            row: Row::Bar(BarRecord {
                 symbol: "BTC-USD".into(),
                 interval_seconds: 60,
                 start_ms: T0 + m * 60_000,
@@ -182,7 +186,7 @@ async fn main() -> anyhow::Result<()> {
                 volume: 3.0,
                 vwap: 100.2,
                 trade_count: 12,
-            })
+            }),
         })
         .collect();
     for chunk in day.chunks(BATCH) {
@@ -229,7 +233,17 @@ async fn main() -> anyhow::Result<()> {
 async fn upsert_rows(store: &Store, rows: &[BarRecord], batch: usize) -> anyhow::Result<i64> {
     let mut written = 0;
     for chunk in rows.chunks(batch) {
-        let items: Vec<Item> = chunk.iter().cloned().map(Item::Bar).collect();
+        let items: Vec<Item> = chunk
+            .iter()
+            .map(|b| Item {
+                // Sent when the bar closed: every row a new key, so the version only orders.
+                version: Version {
+                    produced_ms: b.end_ms,
+                    offset: 0,
+                },
+                row: Row::Bar(b.clone()),
+            })
+            .collect();
         written += store.write(&items).await?.bars;
     }
     Ok(written)

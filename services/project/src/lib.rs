@@ -6,7 +6,8 @@
 //!   Offsets are stored only after the transaction committed; while PostgreSQL is away the
 //!   service stops consuming, retries with backoff and is not ready, and catches up by
 //!   itself when the database is back.
-//! - [`store`]: the batched idempotent upserts and the database metrics.
+//! - [`store`]: the batched upserts (the newest version of a key wins, whatever order
+//!   messages arrive in) and the database metrics.
 //! - [`api`]: `GET /v1/symbols`, `/v1/symbols/{symbol}/latest`, `/v1/bars`,
 //!   `/v1/predictions`, with their OpenAPI document at `/openapi.json`.
 
@@ -28,7 +29,7 @@ use tidewatch_schema::{
 use tidewatch_telemetry::{ComponentHealth, Criticality, Shutdown, Telemetry, TelemetryArgs};
 use tidewatch_web::{Fault, Faults};
 
-use crate::store::{Item, Store};
+use crate::store::{Item, Row, Store, Version};
 
 pub const SERVICE: &str = "project";
 
@@ -310,25 +311,32 @@ impl Sink for Projection {
     type Item = Item;
 
     fn decode(&self, input: &Input<'_>) -> Result<Item, Rejected> {
-        if input.topic == self.bars_topic {
+        let row = if input.topic == self.bars_topic {
             let b: BarRecord = decode(input.payload, MALFORMED_BAR, "bar record")?;
             validate_bar(&b)?;
-            Ok(Item::Bar(b))
+            Row::Bar(b)
         } else if input.topic == self.predictions_topic {
             let p: PredictionRecord =
                 decode(input.payload, MALFORMED_PREDICTION, "prediction record")?;
             validate_prediction(&p)?;
-            Ok(Item::Prediction(p))
+            Row::Prediction(p)
         } else if input.topic == self.outcomes_topic {
             let o: OutcomeRecord = decode(input.payload, MALFORMED_OUTCOME, "outcome record")?;
             validate_outcome(&o)?;
-            Ok(Item::Outcome(o))
+            Row::Outcome(o)
         } else {
-            Err(Rejected {
+            return Err(Rejected {
                 code: UNEXPECTED_TOPIC,
                 reason: format!("project does not read {}", input.topic),
-            })
-        }
+            });
+        };
+        Ok(Item {
+            version: Version {
+                produced_ms: input.timestamp_ms.unwrap_or(0),
+                offset: input.offset,
+            },
+            row,
+        })
     }
 
     async fn write(&mut self, items: &[Item]) -> anyhow::Result<()> {
@@ -371,7 +379,10 @@ mod tests {
         let bytes = serde_json::to_vec(&good).expect("json");
         assert!(matches!(
             p.decode(&input("bars.1m", &bytes)),
-            Ok(Item::Bar(_))
+            Ok(Item {
+                row: Row::Bar(_),
+                ..
+            })
         ));
         let cases = [
             ("bars.1m", b"{not json".to_vec(), "malformed_bar"),

@@ -1,11 +1,15 @@
 //! Writing the projection: one transaction per batch, one statement per table, rows passed
 //! as arrays and expanded by `UNNEST` (a round trip per table, however many rows).
 //!
-//! Each batch is deduplicated by primary key first (the last message wins, as in the
-//! topic), because one `INSERT ... ON CONFLICT DO UPDATE` may not touch a row twice. A row
-//! that is already stored with the same values is left alone (the `WHERE ... IS DISTINCT
-//! FROM` guard), so a replay changes nothing, `updated_at` included, and only real changes
-//! count as rows written. `symbol_latest` only moves forward in time.
+//! Every row keeps the [`Version`] of the message it came from (the message's Kafka
+//! timestamp, then its offset), and an upsert changes a row only with a newer version. The
+//! tables therefore hold the newest message of every key whatever order the messages arrive
+//! in: a replay, a key a stage published twice (its input read again after a crash or a
+//! rebalance), or a batch written late by an instance that lost its partitions in a
+//! rebalance while it was writing, changes nothing. A batch is first reduced to one row per
+//! key, the newest (one `INSERT ... ON CONFLICT DO UPDATE` may not touch a row twice).
+//! `updated_at` moves, and a row counts as written, only when a value changed.
+//! `symbol_latest` holds each symbol's newest bar and prediction: by bar start, then version.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,9 +22,27 @@ use tidewatch_telemetry::{catalog, Shutdown};
 use tidewatch_web::Faults;
 use time::OffsetDateTime;
 
-/// One decoded message of the projection's input topics.
+/// Which of the messages of one key is newer: the later Kafka timestamp (set by the producer
+/// when it sent the message), then the later offset. Every message of a key is in one
+/// partition (records are keyed by symbol), so the offset breaks ties in that partition's
+/// order; a stage publishing a key again publishes it later. Field order is the ordering.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version {
+    /// The message's Kafka timestamp in Unix milliseconds (0 if the broker gave none).
+    pub produced_ms: i64,
+    pub offset: i64,
+}
+
+/// One decoded message of the projection's input topics, and its version.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Item {
+pub struct Item {
+    pub version: Version,
+    pub row: Row,
+}
+
+/// What a message holds, by topic.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Row {
     Bar(BarRecord),
     Prediction(PredictionRecord),
     Outcome(OutcomeRecord),
@@ -32,88 +54,124 @@ pub fn timestamp(ms: i64) -> OffsetDateTime {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+// In every upsert: the version columns always move to the newer version, `updated_at` only
+// when a value differs, and `RETURNING updated_at = now()` (the transaction's start, which
+// an insert also takes) is true exactly for the rows whose values this statement changed.
 const UPSERT_BARS: &str = r#"
 WITH input AS (
     SELECT * FROM UNNEST($1::text[], $2::int4[], $3::timestamptz[], $4::timestamptz[],
-        $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::int8[])
-        AS t(symbol, interval_seconds, start_time, end_time, open, high, low, close, volume, vwap, trade_count)
+        $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::float8[], $11::int8[],
+        $12::timestamptz[], $13::int8[])
+        AS t(symbol, interval_seconds, start_time, end_time, open, high, low, close, volume, vwap, trade_count,
+             produced_at, source_offset)
 ), stored AS (
-    INSERT INTO bars AS b (symbol, interval_seconds, start_time, end_time, open, high, low, close, volume, vwap, trade_count)
+    INSERT INTO bars AS b (symbol, interval_seconds, start_time, end_time, open, high, low, close, volume, vwap, trade_count,
+                           produced_at, source_offset)
     SELECT * FROM input
     ON CONFLICT (symbol, interval_seconds, start_time) DO UPDATE SET
         end_time = EXCLUDED.end_time, open = EXCLUDED.open, high = EXCLUDED.high,
         low = EXCLUDED.low, close = EXCLUDED.close, volume = EXCLUDED.volume,
-        vwap = EXCLUDED.vwap, trade_count = EXCLUDED.trade_count, updated_at = now()
-    WHERE (b.end_time, b.open, b.high, b.low, b.close, b.volume, b.vwap, b.trade_count)
-        IS DISTINCT FROM (EXCLUDED.end_time, EXCLUDED.open, EXCLUDED.high, EXCLUDED.low,
-                          EXCLUDED.close, EXCLUDED.volume, EXCLUDED.vwap, EXCLUDED.trade_count)
-    RETURNING 1
+        vwap = EXCLUDED.vwap, trade_count = EXCLUDED.trade_count,
+        produced_at = EXCLUDED.produced_at, source_offset = EXCLUDED.source_offset,
+        updated_at = CASE
+            WHEN (b.end_time, b.open, b.high, b.low, b.close, b.volume, b.vwap, b.trade_count)
+                IS DISTINCT FROM (EXCLUDED.end_time, EXCLUDED.open, EXCLUDED.high, EXCLUDED.low,
+                                  EXCLUDED.close, EXCLUDED.volume, EXCLUDED.vwap, EXCLUDED.trade_count)
+            THEN now() ELSE b.updated_at END
+    WHERE (EXCLUDED.produced_at, EXCLUDED.source_offset) > (b.produced_at, b.source_offset)
+    RETURNING b.updated_at = now() AS changed
 ), latest AS (
-    INSERT INTO symbol_latest AS l (symbol, bar_interval_seconds, bar_start, bar_end, open, high, low, close, volume, vwap, trade_count)
-    SELECT DISTINCT ON (symbol) symbol, interval_seconds, start_time, end_time, open, high, low, close, volume, vwap, trade_count
-    FROM input ORDER BY symbol, start_time DESC
+    INSERT INTO symbol_latest AS l (symbol, bar_interval_seconds, bar_start, bar_end, open, high, low, close, volume, vwap, trade_count,
+                                    bar_produced_at, bar_source_offset)
+    SELECT DISTINCT ON (symbol) symbol, interval_seconds, start_time, end_time, open, high, low, close, volume, vwap, trade_count,
+                                produced_at, source_offset
+    FROM input ORDER BY symbol, start_time DESC, produced_at DESC, source_offset DESC
     ON CONFLICT (symbol) DO UPDATE SET
         bar_interval_seconds = EXCLUDED.bar_interval_seconds, bar_start = EXCLUDED.bar_start,
         bar_end = EXCLUDED.bar_end, open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
         close = EXCLUDED.close, volume = EXCLUDED.volume, vwap = EXCLUDED.vwap,
-        trade_count = EXCLUDED.trade_count, updated_at = now()
-    WHERE l.bar_start IS NULL OR EXCLUDED.bar_start > l.bar_start
-        OR (EXCLUDED.bar_start = l.bar_start
-            AND (l.bar_end, l.open, l.high, l.low, l.close, l.volume, l.vwap, l.trade_count)
-                IS DISTINCT FROM (EXCLUDED.bar_end, EXCLUDED.open, EXCLUDED.high, EXCLUDED.low,
-                                  EXCLUDED.close, EXCLUDED.volume, EXCLUDED.vwap, EXCLUDED.trade_count))
-    RETURNING 1
+        trade_count = EXCLUDED.trade_count,
+        bar_produced_at = EXCLUDED.bar_produced_at, bar_source_offset = EXCLUDED.bar_source_offset,
+        updated_at = CASE
+            WHEN (l.bar_interval_seconds, l.bar_start, l.bar_end, l.open, l.high, l.low, l.close, l.volume, l.vwap, l.trade_count)
+                IS DISTINCT FROM (EXCLUDED.bar_interval_seconds, EXCLUDED.bar_start, EXCLUDED.bar_end, EXCLUDED.open,
+                                  EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume, EXCLUDED.vwap,
+                                  EXCLUDED.trade_count)
+            THEN now() ELSE l.updated_at END
+    WHERE l.bar_start IS NULL
+        OR (EXCLUDED.bar_start, EXCLUDED.bar_produced_at, EXCLUDED.bar_source_offset)
+            > (l.bar_start, l.bar_produced_at, l.bar_source_offset)
+    RETURNING l.updated_at = now() AS changed
 )
-SELECT (SELECT count(*) FROM stored), (SELECT count(*) FROM latest)
+SELECT (SELECT count(*) FROM stored WHERE changed), (SELECT count(*) FROM latest WHERE changed)
 "#;
 
 const UPSERT_PREDICTIONS: &str = r#"
 WITH input AS (
     SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[], $4::int4[], $5::text[],
-        $6::text[], $7::float8[], $8::bool[], $9::float8[], $10::bool[])
-        AS t(symbol, bar_start, bar_end, horizon_minutes, model_version, variant, probability, spike, online_probability, online_spike)
+        $6::text[], $7::float8[], $8::bool[], $9::float8[], $10::bool[], $11::timestamptz[], $12::int8[])
+        AS t(symbol, bar_start, bar_end, horizon_minutes, model_version, variant, probability, spike, online_probability, online_spike,
+             produced_at, source_offset)
 ), stored AS (
-    INSERT INTO predictions AS p (symbol, bar_start, bar_end, horizon_minutes, model_version, variant, probability, spike, online_probability, online_spike)
+    INSERT INTO predictions AS p (symbol, bar_start, bar_end, horizon_minutes, model_version, variant, probability, spike, online_probability, online_spike,
+                                  produced_at, source_offset)
     SELECT * FROM input
     ON CONFLICT (symbol, bar_start) DO UPDATE SET
         bar_end = EXCLUDED.bar_end, horizon_minutes = EXCLUDED.horizon_minutes,
         model_version = EXCLUDED.model_version, variant = EXCLUDED.variant,
         probability = EXCLUDED.probability, spike = EXCLUDED.spike,
         online_probability = EXCLUDED.online_probability, online_spike = EXCLUDED.online_spike,
-        updated_at = now()
-    WHERE (p.bar_end, p.horizon_minutes, p.model_version, p.variant, p.probability, p.spike, p.online_probability, p.online_spike)
-        IS DISTINCT FROM (EXCLUDED.bar_end, EXCLUDED.horizon_minutes, EXCLUDED.model_version, EXCLUDED.variant,
-                          EXCLUDED.probability, EXCLUDED.spike, EXCLUDED.online_probability, EXCLUDED.online_spike)
-    RETURNING 1
+        produced_at = EXCLUDED.produced_at, source_offset = EXCLUDED.source_offset,
+        updated_at = CASE
+            WHEN (p.bar_end, p.horizon_minutes, p.model_version, p.variant, p.probability, p.spike, p.online_probability, p.online_spike)
+                IS DISTINCT FROM (EXCLUDED.bar_end, EXCLUDED.horizon_minutes, EXCLUDED.model_version, EXCLUDED.variant,
+                                  EXCLUDED.probability, EXCLUDED.spike, EXCLUDED.online_probability, EXCLUDED.online_spike)
+            THEN now() ELSE p.updated_at END
+    WHERE (EXCLUDED.produced_at, EXCLUDED.source_offset) > (p.produced_at, p.source_offset)
+    RETURNING p.updated_at = now() AS changed
 ), latest AS (
-    INSERT INTO symbol_latest AS l (symbol, prediction_bar_start, prediction_variant, prediction_model_version, prediction_probability, prediction_spike)
-    SELECT DISTINCT ON (symbol) symbol, bar_start, variant, model_version, probability, spike
-    FROM input ORDER BY symbol, bar_start DESC
+    INSERT INTO symbol_latest AS l (symbol, prediction_bar_start, prediction_variant, prediction_model_version, prediction_probability, prediction_spike,
+                                    prediction_produced_at, prediction_source_offset)
+    SELECT DISTINCT ON (symbol) symbol, bar_start, variant, model_version, probability, spike, produced_at, source_offset
+    FROM input ORDER BY symbol, bar_start DESC, produced_at DESC, source_offset DESC
     ON CONFLICT (symbol) DO UPDATE SET
         prediction_bar_start = EXCLUDED.prediction_bar_start, prediction_variant = EXCLUDED.prediction_variant,
         prediction_model_version = EXCLUDED.prediction_model_version,
         prediction_probability = EXCLUDED.prediction_probability, prediction_spike = EXCLUDED.prediction_spike,
-        updated_at = now()
-    WHERE l.prediction_bar_start IS NULL OR EXCLUDED.prediction_bar_start > l.prediction_bar_start
-        OR (EXCLUDED.prediction_bar_start = l.prediction_bar_start
-            AND (l.prediction_variant, l.prediction_model_version, l.prediction_probability, l.prediction_spike)
-                IS DISTINCT FROM (EXCLUDED.prediction_variant, EXCLUDED.prediction_model_version,
-                                  EXCLUDED.prediction_probability, EXCLUDED.prediction_spike))
-    RETURNING 1
+        prediction_produced_at = EXCLUDED.prediction_produced_at,
+        prediction_source_offset = EXCLUDED.prediction_source_offset,
+        updated_at = CASE
+            WHEN (l.prediction_bar_start, l.prediction_variant, l.prediction_model_version, l.prediction_probability, l.prediction_spike)
+                IS DISTINCT FROM (EXCLUDED.prediction_bar_start, EXCLUDED.prediction_variant, EXCLUDED.prediction_model_version,
+                                  EXCLUDED.prediction_probability, EXCLUDED.prediction_spike)
+            THEN now() ELSE l.updated_at END
+    WHERE l.prediction_bar_start IS NULL
+        OR (EXCLUDED.prediction_bar_start, EXCLUDED.prediction_produced_at, EXCLUDED.prediction_source_offset)
+            > (l.prediction_bar_start, l.prediction_produced_at, l.prediction_source_offset)
+    RETURNING l.updated_at = now() AS changed
 )
-SELECT (SELECT count(*) FROM stored), (SELECT count(*) FROM latest)
+SELECT (SELECT count(*) FROM stored WHERE changed), (SELECT count(*) FROM latest WHERE changed)
 "#;
 
 const UPSERT_OUTCOMES: &str = r#"
-INSERT INTO prediction_outcomes AS o (symbol, bar_start, horizon_minutes, judged_by_bar_start, realised_volatility, spike_threshold, spike)
-SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int4[], $4::timestamptz[], $5::float8[], $6::float8[], $7::bool[])
-ON CONFLICT (symbol, bar_start) DO UPDATE SET
-    horizon_minutes = EXCLUDED.horizon_minutes, judged_by_bar_start = EXCLUDED.judged_by_bar_start,
-    realised_volatility = EXCLUDED.realised_volatility, spike_threshold = EXCLUDED.spike_threshold,
-    spike = EXCLUDED.spike, updated_at = now()
-WHERE (o.horizon_minutes, o.judged_by_bar_start, o.realised_volatility, o.spike_threshold, o.spike)
-    IS DISTINCT FROM (EXCLUDED.horizon_minutes, EXCLUDED.judged_by_bar_start, EXCLUDED.realised_volatility,
-                      EXCLUDED.spike_threshold, EXCLUDED.spike)
+WITH stored AS (
+    INSERT INTO prediction_outcomes AS o (symbol, bar_start, horizon_minutes, judged_by_bar_start, realised_volatility, spike_threshold, spike,
+                                          produced_at, source_offset)
+    SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::int4[], $4::timestamptz[], $5::float8[], $6::float8[], $7::bool[],
+                         $8::timestamptz[], $9::int8[])
+    ON CONFLICT (symbol, bar_start) DO UPDATE SET
+        horizon_minutes = EXCLUDED.horizon_minutes, judged_by_bar_start = EXCLUDED.judged_by_bar_start,
+        realised_volatility = EXCLUDED.realised_volatility, spike_threshold = EXCLUDED.spike_threshold,
+        spike = EXCLUDED.spike, produced_at = EXCLUDED.produced_at, source_offset = EXCLUDED.source_offset,
+        updated_at = CASE
+            WHEN (o.horizon_minutes, o.judged_by_bar_start, o.realised_volatility, o.spike_threshold, o.spike)
+                IS DISTINCT FROM (EXCLUDED.horizon_minutes, EXCLUDED.judged_by_bar_start, EXCLUDED.realised_volatility,
+                                  EXCLUDED.spike_threshold, EXCLUDED.spike)
+            THEN now() ELSE o.updated_at END
+    WHERE (EXCLUDED.produced_at, EXCLUDED.source_offset) > (o.produced_at, o.source_offset)
+    RETURNING o.updated_at = now() AS changed
+)
+SELECT count(*) FROM stored WHERE changed
 "#;
 
 /// Statement timers and row counters, registered once.
@@ -313,7 +371,7 @@ impl Store {
 
     async fn try_write(&self, items: &[Item]) -> Result<Written, sqlx::Error> {
         self.reachable()?;
-        let batch = Batch::dedup(items);
+        let batch = Batch::newest(items);
         let m = &self.metrics;
         let mut tx = m.timed("begin", self.pool.begin()).await?;
         let mut written = Written::default();
@@ -323,21 +381,35 @@ impl Store {
                 .timed(
                     "upsert_bars",
                     sqlx::query_as(UPSERT_BARS)
-                        .bind(b.iter().map(|r| r.symbol.clone()).collect::<Vec<_>>())
+                        .bind(b.iter().map(|(_, r)| r.symbol.clone()).collect::<Vec<_>>())
                         .bind(
                             b.iter()
-                                .map(|r| r.interval_seconds as i32)
+                                .map(|(_, r)| r.interval_seconds as i32)
                                 .collect::<Vec<_>>(),
                         )
-                        .bind(b.iter().map(|r| timestamp(r.start_ms)).collect::<Vec<_>>())
-                        .bind(b.iter().map(|r| timestamp(r.end_ms)).collect::<Vec<_>>())
-                        .bind(b.iter().map(|r| r.open).collect::<Vec<_>>())
-                        .bind(b.iter().map(|r| r.high).collect::<Vec<_>>())
-                        .bind(b.iter().map(|r| r.low).collect::<Vec<_>>())
-                        .bind(b.iter().map(|r| r.close).collect::<Vec<_>>())
-                        .bind(b.iter().map(|r| r.volume).collect::<Vec<_>>())
-                        .bind(b.iter().map(|r| r.vwap).collect::<Vec<_>>())
-                        .bind(b.iter().map(|r| r.trade_count as i64).collect::<Vec<_>>())
+                        .bind(
+                            b.iter()
+                                .map(|(_, r)| timestamp(r.start_ms))
+                                .collect::<Vec<_>>(),
+                        )
+                        .bind(
+                            b.iter()
+                                .map(|(_, r)| timestamp(r.end_ms))
+                                .collect::<Vec<_>>(),
+                        )
+                        .bind(b.iter().map(|(_, r)| r.open).collect::<Vec<_>>())
+                        .bind(b.iter().map(|(_, r)| r.high).collect::<Vec<_>>())
+                        .bind(b.iter().map(|(_, r)| r.low).collect::<Vec<_>>())
+                        .bind(b.iter().map(|(_, r)| r.close).collect::<Vec<_>>())
+                        .bind(b.iter().map(|(_, r)| r.volume).collect::<Vec<_>>())
+                        .bind(b.iter().map(|(_, r)| r.vwap).collect::<Vec<_>>())
+                        .bind(
+                            b.iter()
+                                .map(|(_, r)| r.trade_count as i64)
+                                .collect::<Vec<_>>(),
+                        )
+                        .bind(produced_at(b))
+                        .bind(offsets(b))
                         .fetch_one(&mut *tx),
                 )
                 .await?;
@@ -350,32 +422,38 @@ impl Store {
                 .timed(
                     "upsert_predictions",
                     sqlx::query_as(UPSERT_PREDICTIONS)
-                        .bind(p.iter().map(|r| r.symbol.clone()).collect::<Vec<_>>())
+                        .bind(p.iter().map(|(_, r)| r.symbol.clone()).collect::<Vec<_>>())
                         .bind(
                             p.iter()
-                                .map(|r| timestamp(r.bar_start_ms))
+                                .map(|(_, r)| timestamp(r.bar_start_ms))
                                 .collect::<Vec<_>>(),
                         )
                         .bind(
                             p.iter()
-                                .map(|r| timestamp(r.bar_end_ms))
+                                .map(|(_, r)| timestamp(r.bar_end_ms))
                                 .collect::<Vec<_>>(),
                         )
                         .bind(
                             p.iter()
-                                .map(|r| r.horizon_minutes as i32)
+                                .map(|(_, r)| r.horizon_minutes as i32)
                                 .collect::<Vec<_>>(),
                         )
                         .bind(
                             p.iter()
-                                .map(|r| r.model_version.clone())
+                                .map(|(_, r)| r.model_version.clone())
                                 .collect::<Vec<_>>(),
                         )
-                        .bind(p.iter().map(|r| r.variant.clone()).collect::<Vec<_>>())
-                        .bind(p.iter().map(|r| r.probability).collect::<Vec<_>>())
-                        .bind(p.iter().map(|r| r.spike).collect::<Vec<_>>())
-                        .bind(p.iter().map(|r| r.online_probability).collect::<Vec<_>>())
-                        .bind(p.iter().map(|r| r.online_spike).collect::<Vec<_>>())
+                        .bind(p.iter().map(|(_, r)| r.variant.clone()).collect::<Vec<_>>())
+                        .bind(p.iter().map(|(_, r)| r.probability).collect::<Vec<_>>())
+                        .bind(p.iter().map(|(_, r)| r.spike).collect::<Vec<_>>())
+                        .bind(
+                            p.iter()
+                                .map(|(_, r)| r.online_probability)
+                                .collect::<Vec<_>>(),
+                        )
+                        .bind(p.iter().map(|(_, r)| r.online_spike).collect::<Vec<_>>())
+                        .bind(produced_at(p))
+                        .bind(offsets(p))
                         .fetch_one(&mut *tx),
                 )
                 .await?;
@@ -384,84 +462,109 @@ impl Store {
         }
         if !batch.outcomes.is_empty() {
             let o = &batch.outcomes;
-            let result = m
+            let (stored,): (i64,) = m
                 .timed(
                     "upsert_outcomes",
-                    sqlx::query(UPSERT_OUTCOMES)
-                        .bind(o.iter().map(|r| r.symbol.clone()).collect::<Vec<_>>())
+                    sqlx::query_as(UPSERT_OUTCOMES)
+                        .bind(o.iter().map(|(_, r)| r.symbol.clone()).collect::<Vec<_>>())
                         .bind(
                             o.iter()
-                                .map(|r| timestamp(r.bar_start_ms))
+                                .map(|(_, r)| timestamp(r.bar_start_ms))
                                 .collect::<Vec<_>>(),
                         )
                         .bind(
                             o.iter()
-                                .map(|r| r.horizon_minutes as i32)
+                                .map(|(_, r)| r.horizon_minutes as i32)
                                 .collect::<Vec<_>>(),
                         )
                         .bind(
                             o.iter()
-                                .map(|r| timestamp(r.judged_by_bar_start_ms))
+                                .map(|(_, r)| timestamp(r.judged_by_bar_start_ms))
                                 .collect::<Vec<_>>(),
                         )
-                        .bind(o.iter().map(|r| r.realised_volatility).collect::<Vec<_>>())
-                        .bind(o.iter().map(|r| r.spike_threshold).collect::<Vec<_>>())
-                        .bind(o.iter().map(|r| r.spike).collect::<Vec<_>>())
-                        .execute(&mut *tx),
+                        .bind(
+                            o.iter()
+                                .map(|(_, r)| r.realised_volatility)
+                                .collect::<Vec<_>>(),
+                        )
+                        .bind(o.iter().map(|(_, r)| r.spike_threshold).collect::<Vec<_>>())
+                        .bind(o.iter().map(|(_, r)| r.spike).collect::<Vec<_>>())
+                        .bind(produced_at(o))
+                        .bind(offsets(o))
+                        .fetch_one(&mut *tx),
                 )
                 .await?;
-            written.outcomes = result.rows_affected() as i64;
+            written.outcomes = stored;
         }
         m.timed("commit", tx.commit()).await?;
         Ok(written)
     }
 }
 
-/// A batch with one row per key, the last message of each key winning.
+/// The `produced_at` column of a batch's rows.
+fn produced_at<T>(rows: &[(Version, &T)]) -> Vec<OffsetDateTime> {
+    rows.iter().map(|(v, _)| timestamp(v.produced_ms)).collect()
+}
+
+/// The `source_offset` column of a batch's rows.
+fn offsets<T>(rows: &[(Version, &T)]) -> Vec<i64> {
+    rows.iter().map(|(v, _)| v.offset).collect()
+}
+
+/// A batch with one row per key: the newest version of it (of equal versions, the later in
+/// the batch).
 #[derive(Debug, Default)]
 struct Batch<'a> {
-    bars: Vec<&'a BarRecord>,
-    predictions: Vec<&'a PredictionRecord>,
-    outcomes: Vec<&'a OutcomeRecord>,
+    bars: Vec<(Version, &'a BarRecord)>,
+    predictions: Vec<(Version, &'a PredictionRecord)>,
+    outcomes: Vec<(Version, &'a OutcomeRecord)>,
 }
 
 impl<'a> Batch<'a> {
-    fn dedup(items: &'a [Item]) -> Self {
+    fn newest(items: &'a [Item]) -> Self {
         fn keep<'a, K: std::hash::Hash + Eq, T>(
-            rows: &mut Vec<&'a T>,
+            rows: &mut Vec<(Version, &'a T)>,
             index: &mut HashMap<K, usize>,
             key: K,
+            version: Version,
             row: &'a T,
         ) {
             match index.get(&key) {
-                Some(&i) => rows[i] = row,
+                Some(&i) => {
+                    if version >= rows[i].0 {
+                        rows[i] = (version, row);
+                    }
+                }
                 None => {
                     index.insert(key, rows.len());
-                    rows.push(row);
+                    rows.push((version, row));
                 }
             }
         }
         let mut batch = Batch::default();
         let (mut bars, mut predictions, mut outcomes) =
             (HashMap::new(), HashMap::new(), HashMap::new());
-        for item in items {
-            match item {
-                Item::Bar(b) => keep(
+        for Item { version, row } in items {
+            match row {
+                Row::Bar(b) => keep(
                     &mut batch.bars,
                     &mut bars,
                     (b.symbol.as_str(), b.interval_seconds, b.start_ms),
+                    *version,
                     b,
                 ),
-                Item::Prediction(p) => keep(
+                Row::Prediction(p) => keep(
                     &mut batch.predictions,
                     &mut predictions,
                     (p.symbol.as_str(), p.bar_start_ms),
+                    *version,
                     p,
                 ),
-                Item::Outcome(o) => keep(
+                Row::Outcome(o) => keep(
                     &mut batch.outcomes,
                     &mut outcomes,
                     (o.symbol.as_str(), o.bar_start_ms),
+                    *version,
                     o,
                 ),
             }
@@ -497,36 +600,59 @@ pub fn spawn_pool_sampler(pool: PgPool, max: u32, shutdown: Shutdown) {
 mod tests {
     use super::*;
 
-    fn bar(symbol: &str, start_ms: i64, close: f64) -> Item {
-        Item::Bar(BarRecord {
-            symbol: symbol.to_owned(),
-            interval_seconds: 60,
-            start_ms,
-            end_ms: start_ms + 60_000,
-            open: 1.0,
-            high: 2.0,
-            low: 0.5,
-            close,
-            volume: 3.0,
-            vwap: 1.5,
-            trade_count: 4,
-        })
+    fn bar(symbol: &str, start_ms: i64, close: f64, produced_ms: i64, offset: i64) -> Item {
+        Item {
+            version: Version {
+                produced_ms,
+                offset,
+            },
+            row: Row::Bar(BarRecord {
+                symbol: symbol.to_owned(),
+                interval_seconds: 60,
+                start_ms,
+                end_ms: start_ms + 60_000,
+                open: 1.0,
+                high: 2.0,
+                low: 0.5,
+                close,
+                volume: 3.0,
+                vwap: 1.5,
+                trade_count: 4,
+            }),
+        }
     }
 
     #[test]
-    fn a_batch_keeps_one_row_per_key_and_the_last_message_wins() {
+    fn a_batch_keeps_the_newest_version_of_each_key_in_any_order() {
+        let rows = |items: &[Item]| -> Vec<(String, i64, f64)> {
+            Batch::newest(items)
+                .bars
+                .iter()
+                .map(|(_, b)| (b.symbol.clone(), b.start_ms, b.close))
+                .collect()
+        };
         let items = [
-            bar("A", 0, 1.0),
-            bar("B", 0, 1.0),
-            bar("A", 0, 1.2),
-            bar("A", 60_000, 1.1),
+            bar("A", 0, 1.0, 100, 7),
+            bar("B", 0, 1.0, 100, 8),
+            bar("A", 0, 1.2, 200, 9),
+            bar("A", 60_000, 1.1, 200, 10),
+            // Sent earlier than the version above, read later (another producer's).
+            bar("A", 0, 1.3, 150, 11),
+            // The same timestamp: the later offset is the newer.
+            bar("B", 0, 0.9, 100, 12),
         ];
-        let batch = Batch::dedup(&items);
-        let rows: Vec<(&str, i64, f64)> = batch
-            .bars
-            .iter()
-            .map(|b| (b.symbol.as_str(), b.start_ms, b.close))
-            .collect();
-        assert_eq!(rows, [("A", 0, 1.2), ("B", 0, 1.0), ("A", 60_000, 1.1)]);
+        let want = [
+            ("A".to_owned(), 0, 1.2),
+            ("B".to_owned(), 0, 0.9),
+            ("A".to_owned(), 60_000, 1.1),
+        ];
+        assert_eq!(rows(&items), want);
+        let mut reversed = items.clone();
+        reversed.reverse();
+        let mut got = rows(&reversed);
+        got.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+        let mut want = want.to_vec();
+        want.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+        assert_eq!(got, want, "the same rows, whatever the order");
     }
 }

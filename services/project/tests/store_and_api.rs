@@ -1,11 +1,13 @@
 //! The projection's writes and the read API against a real PostgreSQL (a fresh database
-//! per test on the server `scripts/test` starts): batches are idempotent, `symbol_latest`
-//! only moves forward, and the read API pages, validates and formats as documented.
+//! per test on the server `scripts/test` starts): batches are idempotent, every table keeps
+//! the newest version of a key whatever order versions arrive in, `symbol_latest` only
+//! moves forward, and the read API pages, validates and formats as documented.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use project::api;
-use project::store::{Item, Store, Written};
+use project::store::{Item, Row, Store, Version, Written};
 use serde_json::{json, Value};
 use tidewatch_schema::{BarRecord, OutcomeRecord, PredictionRecord};
 
@@ -30,8 +32,25 @@ async fn store() -> Store {
     )
 }
 
+/// A newer version than any made before: every helper call is a message sent later.
+fn next_version() -> Version {
+    static SENT: AtomicI64 = AtomicI64::new(0);
+    let n = SENT.fetch_add(1, Ordering::Relaxed);
+    Version {
+        produced_ms: T0 + n,
+        offset: n,
+    }
+}
+
+fn item(row: Row) -> Item {
+    Item {
+        version: next_version(),
+        row,
+    }
+}
+
 fn bar(symbol: &str, minute: i64, close: f64) -> Item {
-    Item::Bar(BarRecord {
+    item(Row::Bar(BarRecord {
         symbol: symbol.to_owned(),
         interval_seconds: 60,
         start_ms: T0 + minute * MINUTE,
@@ -43,11 +62,11 @@ fn bar(symbol: &str, minute: i64, close: f64) -> Item {
         volume: 2.5,
         vwap: 100.5,
         trade_count: 7,
-    })
+    }))
 }
 
 fn prediction(symbol: &str, minute: i64, spike: bool) -> Item {
-    Item::Prediction(PredictionRecord {
+    item(Row::Prediction(PredictionRecord {
         symbol: symbol.to_owned(),
         bar_start_ms: T0 + minute * MINUTE,
         bar_end_ms: T0 + (minute + 1) * MINUTE,
@@ -58,11 +77,11 @@ fn prediction(symbol: &str, minute: i64, spike: bool) -> Item {
         spike,
         online_probability: 0.5,
         online_spike: false,
-    })
+    }))
 }
 
 fn outcome(symbol: &str, minute: i64, spike: bool) -> Item {
-    Item::Outcome(OutcomeRecord {
+    item(Row::Outcome(OutcomeRecord {
         symbol: symbol.to_owned(),
         bar_start_ms: T0 + minute * MINUTE,
         horizon_minutes: 5,
@@ -70,7 +89,7 @@ fn outcome(symbol: &str, minute: i64, spike: bool) -> Item {
         realised_volatility: 0.004,
         spike_threshold: 0.003,
         spike,
-    })
+    }))
 }
 
 async fn dump(store: &Store) -> Vec<String> {
@@ -151,6 +170,84 @@ async fn duplicates_within_a_batch_keep_the_last_and_latest_never_moves_back() {
         .await
         .expect("count");
     assert_eq!(bars, 2);
+}
+
+/// What a user reads of one symbol: its bar's close, its prediction's spike, its outcome's
+/// spike, and the latest close and prediction spike.
+async fn values(store: &Store, symbol: &str) -> (f64, bool, bool, f64, bool) {
+    sqlx::query_as(
+        "SELECT b.close, p.spike, o.spike, l.close, l.prediction_spike \
+         FROM bars b, predictions p, prediction_outcomes o, symbol_latest l \
+         WHERE b.symbol = $1 AND p.symbol = $1 AND o.symbol = $1 AND l.symbol = $1",
+    )
+    .bind(symbol)
+    .fetch_one(store.pool())
+    .await
+    .expect("one row of each")
+}
+
+#[tokio::test]
+async fn a_version_that_arrives_after_a_newer_one_changes_nothing() {
+    let store = store().await;
+    // Two versions of the same bar, prediction and outcome: sent first, then sent again
+    // with other values (a stage that read its input again after a crash).
+    let older = [
+        bar("ADA-USD", 0, 10.0),
+        prediction("ADA-USD", 0, false),
+        outcome("ADA-USD", 0, false),
+    ];
+    let newer = [
+        bar("ADA-USD", 0, 12.0),
+        prediction("ADA-USD", 0, true),
+        outcome("ADA-USD", 0, true),
+    ];
+    let want = (12.0, true, true, 12.0, true);
+
+    // In order, in two batches.
+    store.write(&older).await.expect("write");
+    let moved = store.write(&newer).await.expect("write");
+    assert_eq!(
+        moved,
+        Written {
+            bars: 1,
+            predictions: 1,
+            outcomes: 1,
+            latest: 2
+        }
+    );
+    assert_eq!(values(&store, "ADA-USD").await, want);
+
+    // The older batch written late (an instance that lost its partitions while writing,
+    // or a replay) changes nothing, updated_at included.
+    let before = dump(&store).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let late = store.write(&older).await.expect("write");
+    assert_eq!(late, Written::default(), "an older version writes nothing");
+    assert_eq!(dump(&store).await, before, "every table unchanged");
+
+    // Both versions in one batch, newest first: the newest still wins.
+    let mut both = newer.to_vec();
+    both.extend(older.iter().cloned());
+    let fresh = |i: &Item| Item {
+        row: match &i.row {
+            Row::Bar(b) => Row::Bar(tidewatch_schema::BarRecord {
+                symbol: "XRP-USD".into(),
+                ..b.clone()
+            }),
+            Row::Prediction(p) => Row::Prediction(tidewatch_schema::PredictionRecord {
+                symbol: "XRP-USD".into(),
+                ..p.clone()
+            }),
+            Row::Outcome(o) => Row::Outcome(tidewatch_schema::OutcomeRecord {
+                symbol: "XRP-USD".into(),
+                ..o.clone()
+            }),
+        },
+        ..i.clone()
+    };
+    let both: Vec<Item> = both.iter().map(fresh).collect();
+    store.write(&both).await.expect("write");
+    assert_eq!(values(&store, "XRP-USD").await, want);
 }
 
 struct Api {
