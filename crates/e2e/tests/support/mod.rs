@@ -801,25 +801,12 @@ pub async fn replay_leaves_tables_unchanged(
 
 /// Where `group` has not committed up to the end of `topics`: None once it has.
 fn group_behind(brokers: &str, group: &str, topics: &[&str]) -> Option<String> {
-    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::consumer::Consumer as _;
     use rdkafka::{Offset, TopicPartitionList};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(None, Duration::from_secs(10))
-        .expect("metadata");
+    let (consumer, partitions) = partitions(brokers, Some(group), topics);
     let mut list = TopicPartitionList::new();
-    for t in metadata
-        .topics()
-        .iter()
-        .filter(|t| topics.contains(&t.name()))
-    {
-        for p in t.partitions() {
-            list.add_partition(t.name(), p.id());
-        }
+    for (topic, partition) in &partitions {
+        list.add_partition(topic, *partition);
     }
     let committed = consumer
         .committed_offsets(list, Duration::from_secs(10))
@@ -1030,28 +1017,42 @@ impl Drop for DurableBroker {
     }
 }
 
-/// Messages in `topics` now (sum of high minus low watermarks).
-pub fn topic_messages(brokers: &str, topics: &[&str]) -> i64 {
+/// A client of the broker (in `group`, if given, to read its offsets) and the partitions of
+/// `topics`.
+fn partitions(
+    brokers: &str,
+    group: Option<&str>,
+    topics: &[&str],
+) -> (rdkafka::consumer::BaseConsumer, Vec<(String, i32)>) {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("consumer");
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    if let Some(group) = group {
+        config.set("group.id", group);
+    }
+    let consumer: BaseConsumer = config.create().expect("consumer");
     let metadata = consumer
         .fetch_metadata(None, Duration::from_secs(10))
         .expect("metadata");
-    let mut total = 0;
-    for t in metadata
+    let partitions = metadata
         .topics()
         .iter()
         .filter(|t| topics.contains(&t.name()))
-    {
-        for p in t.partitions() {
-            let (low, high) = consumer
-                .fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))
-                .expect("watermarks");
-            total += high - low;
-        }
+        .flat_map(|t| t.partitions().iter().map(|p| (t.name().to_owned(), p.id())))
+        .collect();
+    (consumer, partitions)
+}
+
+/// Messages in `topics` now (sum of high minus low watermarks).
+pub fn topic_messages(brokers: &str, topics: &[&str]) -> i64 {
+    use rdkafka::consumer::Consumer as _;
+    let (consumer, partitions) = partitions(brokers, None, topics);
+    let mut total = 0;
+    for (topic, partition) in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+            .expect("watermarks");
+        total += high - low;
     }
     total
 }
