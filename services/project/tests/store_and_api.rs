@@ -225,27 +225,25 @@ async fn a_version_that_arrives_after_a_newer_one_changes_nothing() {
     assert_eq!(late, Written::default(), "an older version writes nothing");
     assert_eq!(dump(&store).await, before, "every table unchanged");
 
-    // Both versions in one batch, newest first: the newest still wins.
-    let mut both = newer.to_vec();
-    both.extend(older.iter().cloned());
-    let fresh = |i: &Item| Item {
+    // Both versions in one batch, newest first, of another symbol: the newest still wins.
+    let renamed = |i: &Item| Item {
         row: match &i.row {
-            Row::Bar(b) => Row::Bar(tidewatch_schema::BarRecord {
+            Row::Bar(b) => Row::Bar(BarRecord {
                 symbol: "XRP-USD".into(),
                 ..b.clone()
             }),
-            Row::Prediction(p) => Row::Prediction(tidewatch_schema::PredictionRecord {
+            Row::Prediction(p) => Row::Prediction(PredictionRecord {
                 symbol: "XRP-USD".into(),
                 ..p.clone()
             }),
-            Row::Outcome(o) => Row::Outcome(tidewatch_schema::OutcomeRecord {
+            Row::Outcome(o) => Row::Outcome(OutcomeRecord {
                 symbol: "XRP-USD".into(),
                 ..o.clone()
             }),
         },
         ..i.clone()
     };
-    let both: Vec<Item> = both.iter().map(fresh).collect();
+    let both: Vec<Item> = newer.iter().chain(&older).map(renamed).collect();
     store.write(&both).await.expect("write");
     assert_eq!(values(&store, "XRP-USD").await, want);
 }
