@@ -297,7 +297,6 @@ impl StageService {
             topics,
             ..
         } = self;
-        telemetry.metrics.spawn_upkeep(shutdown.token());
         crate::spawn_topic_guard(
             args.kafka.brokers.clone(),
             topics,

@@ -370,7 +370,6 @@ impl Application {
     }
 
     pub async fn run(self, shutdown: Shutdown) -> std::io::Result<()> {
-        self.telemetry.metrics.spawn_upkeep(shutdown.token());
         tracing::info!(addr = %self.listener.local_addr()?, "listening");
         serve(
             self.listener,

@@ -591,7 +591,6 @@ impl Generator {
             state_dir,
             kafka,
         } = self;
-        telemetry.metrics.spawn_upkeep(shutdown.token());
         tidewatch_kafka::spawn_topic_guard(
             kafka.brokers,
             vec![topic.clone()],

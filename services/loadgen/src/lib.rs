@@ -313,7 +313,6 @@ impl LoadGenerator {
             client,
             settings,
         } = self;
-        telemetry.metrics.spawn_upkeep(shutdown.token());
         let metrics = LoadMetrics::new();
         let admin = Arc::new(AdminAuth::new(
             settings.admin_token.clone().map(SecretString::from),

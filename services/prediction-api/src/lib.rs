@@ -178,7 +178,6 @@ impl Application {
 
     /// Serves until `shutdown` is triggered and in-flight requests have finished.
     pub async fn run(self, shutdown: Shutdown) -> std::io::Result<()> {
-        self.telemetry.metrics.spawn_upkeep(shutdown.token());
         if let Some((registry, state, poll)) = self.registry {
             let stop = shutdown.token();
             tokio::spawn(async move {

@@ -590,7 +590,6 @@ impl Trainer {
             settings,
             client,
         } = self;
-        telemetry.metrics.spawn_upkeep(shutdown.token());
         let metrics = TrainingMetrics::new();
         // The last success survives restarts in the registry.
         match ctx.registry.last_registered_by(SERVICE).await {
