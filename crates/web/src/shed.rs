@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -15,7 +16,6 @@ use axum::http::{header, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use metrics::Counter;
 use tidewatch_telemetry::catalog;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
 use utoipa::openapi::content::ContentBuilder;
@@ -38,14 +38,52 @@ pub(crate) fn layer(max_concurrent: usize) -> Option<ShedLayer> {
     // The series exists at zero: an alert on its rate needs it before the first shed.
     catalog::HTTP_REQUESTS_SHED.counter(&[]).absolute(0);
     Some(ShedLayer {
-        places: Arc::new(Semaphore::new(max_concurrent)),
+        places: Places::new(max_concurrent),
         max_concurrent,
         shed: catalog::HTTP_REQUESTS_SHED.counter(&[]),
         open_connections: tidewatch_telemetry::server::open_connections,
     })
 }
 
-/// The limit as one tower layer: a place is taken without waiting (`try_acquire`), or the
+/// The places of the limit: how many are taken, counted by one atomic. A request that finds
+/// them all taken is shed rather than queued, so nothing ever waits for a place and no
+/// waiter list (a semaphore's, whose release takes a lock) is needed.
+#[derive(Clone, Debug)]
+pub(crate) struct Places {
+    taken: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl Places {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            taken: Arc::default(),
+            max,
+        }
+    }
+
+    /// A place, if one is free; it is given back when the returned guard is dropped.
+    fn try_take(&self) -> Option<Place> {
+        self.taken
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |taken| {
+                (taken < self.max).then_some(taken + 1)
+            })
+            .ok()
+            .map(|_| Place(self.taken.clone()))
+    }
+}
+
+/// A taken place of the limit, given back on drop.
+#[derive(Debug)]
+pub struct Place(Arc<AtomicUsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// The limit as one tower layer: a place is taken without waiting ([`Places`]), or the
 /// request is answered 503 at once; an admitted request yields once before its handler
 /// runs while the connections could fill half the places (see [`ShedFuture`]), and gives
 /// its place back when its response is ready or it is dropped.
@@ -54,7 +92,7 @@ pub(crate) fn layer(max_concurrent: usize) -> Option<ShedLayer> {
 /// cloned a service per request (BENCHMARKS.md, "Prediction API").
 #[derive(Clone, Debug)]
 pub struct ShedLayer {
-    places: Arc<Semaphore>,
+    places: Places,
     max_concurrent: usize,
     shed: Counter,
     /// [`tidewatch_telemetry::server::open_connections`]; a test's own count in tests.
@@ -77,7 +115,7 @@ impl<S> Layer<S> for ShedLayer {
 #[derive(Clone, Debug)]
 pub struct Shed<S> {
     inner: S,
-    places: Arc<Semaphore>,
+    places: Places,
     max_concurrent: usize,
     shed: Counter,
     open_connections: fn() -> usize,
@@ -113,15 +151,15 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        match self.places.clone().try_acquire_owned() {
+        match self.places.try_take() {
             // The handler's future is made now, and first polled after one yield unless
             // the yield cannot matter (see `ShedFuture`).
-            Ok(place) => ShedFuture::Admitted {
+            Some(place) => ShedFuture::Admitted {
                 yielded: !self.must_yield(&request),
                 inner: self.inner.call(request),
                 _place: place,
             },
-            Err(_) => {
+            None => {
                 self.shed.increment(1);
                 ShedFuture::Shed {
                     response: Some(overloaded()),
@@ -134,7 +172,7 @@ where
 pin_project_lite::pin_project! {
     #[project = ShedProj]
     pub enum ShedFuture<F> {
-        Admitted { #[pin] inner: F, yielded: bool, _place: OwnedSemaphorePermit },
+        Admitted { #[pin] inner: F, yielded: bool, _place: Place },
         Shed { response: Option<Response> },
     }
 }
@@ -224,7 +262,7 @@ mod tests {
     /// A limit of `places` in front of a handler that never waits, seeing `open` connections.
     fn limit(places: usize, open: fn() -> usize) -> Shed<tower::util::ServiceFn<Handler>> {
         ShedLayer {
-            places: Arc::new(Semaphore::new(places)),
+            places: Places::new(places),
             max_concurrent: places,
             shed: catalog::HTTP_REQUESTS_SHED.counter(&[]),
             open_connections: open,
