@@ -167,40 +167,41 @@ where
         } else {
             &self.inner
         };
-        let request = with_current(|r| r.cloned());
-        let trace = trace_ids(request.as_ref());
-        if request.is_none() && trace.is_none() {
-            return inner.format_event(ctx, writer, event);
-        }
-        let mut line = String::with_capacity(256);
-        inner.format_event(ctx, Writer::new(&mut line), event)?;
-        let body = line.trim_end_matches('\n');
-        let newline = &line[body.len()..];
-        if self.json {
-            match body.strip_suffix('}') {
-                Some(open) => {
-                    writer.write_str(open)?;
-                    write_json_fields(&mut writer, request.as_ref(), trace, open.ends_with('{'))?;
-                    writer.write_char('}')?;
+        with_current(|request| {
+            let trace = trace_ids(request);
+            if request.is_none() && trace.is_none() {
+                return inner.format_event(ctx, writer, event);
+            }
+            let mut line = String::with_capacity(256);
+            inner.format_event(ctx, Writer::new(&mut line), event)?;
+            let body = line.trim_end_matches('\n');
+            let newline = &line[body.len()..];
+            if self.json {
+                match body.strip_suffix('}') {
+                    Some(open) => {
+                        writer.write_str(open)?;
+                        write_json_fields(&mut writer, request, trace, open.ends_with('{'))?;
+                        writer.write_char('}')?;
+                    }
+                    None => writer.write_str(body)?,
                 }
-                None => writer.write_str(body)?,
+            } else {
+                writer.write_str(body)?;
+                if let Some(request) = request {
+                    write!(
+                        writer,
+                        " request_id={} method={} route={}",
+                        request.id(),
+                        request.method(),
+                        request.route()
+                    )?;
+                }
+                if let Some((trace_id, span_id)) = trace {
+                    write!(writer, " trace_id={trace_id} span_id={span_id}")?;
+                }
             }
-        } else {
-            writer.write_str(body)?;
-            if let Some(request) = &request {
-                write!(
-                    writer,
-                    " request_id={} method={} route={}",
-                    request.id(),
-                    request.method(),
-                    request.route()
-                )?;
-            }
-            if let Some((trace_id, span_id)) = trace {
-                write!(writer, " trace_id={trace_id} span_id={span_id}")?;
-            }
-        }
-        writer.write_str(newline)
+            writer.write_str(newline)
+        })
     }
 }
 
