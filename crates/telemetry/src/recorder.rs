@@ -4,9 +4,9 @@
 //! counter is an `AtomicU64`, a gauge an `AtomicU64` holding an `f64`, a histogram one
 //! atomic count per bucket of the catalogue's explicit buckets and an atomic sum. Recording
 //! a sample is a bucket search and two atomic adds, with no clock read, no buffer and no
-//! background drain; the request path records five samples a request, and
+//! background drain. The request path records five samples a request;
 //! `metrics-exporter-prometheus`'s recorder, which stores each sample with a timestamp in a
-//! lock-free buffer and drains the buffers into histograms later, cost about three times as
+//! lock-free buffer and drains the buffers into histograms later, cost more than twice as
 //! much per sample (BENCHMARKS.md).
 //!
 //! The exposition is written by `metrics-exporter-prometheus`'s formatting functions (the
