@@ -50,8 +50,8 @@ pub fn install_recorder() -> anyhow::Result<Arc<Registry>> {
                 SharedString::const_str(m.help),
             );
         }
-        // metrics-process describes its own series; its help text matches the catalogue's
-        // intent.
+        // metrics-process describes its own series too; the catalogue's text, set first,
+        // stays for every series it names, so /metrics says what METRICS.md says.
         metrics_process::Collector::default().describe();
         registry
     });
@@ -99,8 +99,8 @@ impl<T> Default for Kind<T> {
 }
 
 struct Series<T> {
-    /// The label values in the key's order, for sorting.
-    order: Vec<(String, String)>,
+    /// For the order of a name's series: its labels, in the order given.
+    key: Key,
     labels: LabelSet,
     cell: Arc<T>,
 }
@@ -113,16 +113,12 @@ impl<T> Kind<T> {
         }
         let name = sanitize_metric_name(key.name());
         let cell = Arc::new(new(key.name()));
-        let order: Vec<(String, String)> = key
-            .labels()
-            .map(|l| (l.key().to_owned(), l.value().to_owned()))
-            .collect();
         let family = self.families.entry(name).or_default();
-        let at = family.partition_point(|s| s.order < order);
+        let at = family.partition_point(|s| s.key < *key);
         family.insert(
             at,
             Series {
-                order,
+                key: key.clone(),
                 labels: LabelSet::from_key_and_global(key, &Default::default()),
                 cell: cell.clone(),
             },
