@@ -239,8 +239,8 @@ thread_local! {
 }
 
 struct RouteHandles {
-    method: &'static str,
-    /// The method the handles were made for, compared on each request of the route.
+    /// The method the handles were made for, compared on each request of the route; its
+    /// label is [`RouteHandles::method`].
     http_method: Method,
     route: Box<str>,
     active: Gauge,
@@ -258,7 +258,7 @@ struct RouteHandles {
 impl std::fmt::Debug for RouteHandles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteHandles")
-            .field("method", &self.method)
+            .field("method", &self.method())
             .field("route", &self.route)
             .finish_non_exhaustive()
     }
@@ -304,7 +304,6 @@ impl State {
             .entry(m)
             .or_insert_with(|| {
                 Arc::new(RouteHandles {
-                    method: m,
                     http_method: method.clone(),
                     route: route.into(),
                     active: catalog::HTTP_SERVER_ACTIVE_REQUESTS
@@ -323,6 +322,11 @@ impl State {
 }
 
 impl RouteHandles {
+    /// The method label.
+    fn method(&self) -> &'static str {
+        method_label(&self.http_method)
+    }
+
     /// Counts a response with status `code` that took `seconds`, on handles made at the
     /// status's first use and borrowed after (no clone, no hashing).
     fn record(&self, code: u16, seconds: f64) {
@@ -352,7 +356,7 @@ impl RouteHandles {
     fn register(&self, code: u16) -> StatusHandles {
         let code = code.to_string();
         let labels = [
-            ("http_request_method", self.method),
+            ("http_request_method", self.method()),
             ("http_route", &*self.route),
             ("http_response_status_code", &code),
         ];
@@ -463,7 +467,6 @@ where
 }
 
 /// The request headers the layer reads, the first value of each, as `HeaderMap::get` gives.
-#[derive(Default)]
 struct ReadHeaders<'a> {
     traceparent: Option<&'a HeaderValue>,
     request_id: Option<&'a HeaderValue>,
@@ -510,9 +513,9 @@ fn server_span(
     let span = tracing::info_span!(
         target: crate::trace::TARGET,
         "request",
-        otel.name = %format_args!("{} {}", handles.method, handles.route),
+        otel.name = %format_args!("{} {}", handles.method(), handles.route),
         otel.kind = "server",
-        http.request.method = handles.method,
+        http.request.method = handles.method(),
         http.route = &*handles.route,
         url.path = path,
         http.response.status_code = tracing::field::Empty,
@@ -543,7 +546,7 @@ impl CurrentRequest {
 
     /// The method label (`GET`, ..., `_OTHER`).
     pub fn method(&self) -> &'static str {
-        self.handles.method
+        self.handles.method()
     }
 
     /// The matched route template, or [`UNMATCHED_ROUTE`].
