@@ -39,7 +39,6 @@ pub(crate) fn layer(max_concurrent: usize) -> Option<ShedLayer> {
     catalog::HTTP_REQUESTS_SHED.counter(&[]).absolute(0);
     Some(ShedLayer {
         places: Places::new(max_concurrent),
-        max_concurrent,
         shed: catalog::HTTP_REQUESTS_SHED.counter(&[]),
         open_connections: tidewatch_telemetry::server::open_connections,
     })
@@ -93,7 +92,6 @@ impl Drop for Place {
 #[derive(Clone, Debug)]
 pub struct ShedLayer {
     places: Places,
-    max_concurrent: usize,
     shed: Counter,
     /// [`tidewatch_telemetry::server::open_connections`]; a test's own count in tests.
     open_connections: fn() -> usize,
@@ -105,7 +103,6 @@ impl<S> Layer<S> for ShedLayer {
         Shed {
             inner,
             places: self.places.clone(),
-            max_concurrent: self.max_concurrent,
             shed: self.shed.clone(),
             open_connections: self.open_connections,
         }
@@ -116,7 +113,6 @@ impl<S> Layer<S> for ShedLayer {
 pub struct Shed<S> {
     inner: S,
     places: Places,
-    max_concurrent: usize,
     shed: Counter,
     open_connections: fn() -> usize,
 }
@@ -134,7 +130,7 @@ impl<S> Shed<S> {
     /// (a server not started through `tidewatch_telemetry::server::serve`): both yield.
     fn must_yield(&self, request: &Request) -> bool {
         let open = (self.open_connections)();
-        open == 0 || open * 2 >= self.max_concurrent || request.version() > Version::HTTP_11
+        open == 0 || open * 2 >= self.places.max || request.version() > Version::HTTP_11
     }
 }
 
@@ -263,7 +259,6 @@ mod tests {
     fn limit(places: usize, open: fn() -> usize) -> Shed<tower::util::ServiceFn<Handler>> {
         ShedLayer {
             places: Places::new(places),
-            max_concurrent: places,
             shed: catalog::HTTP_REQUESTS_SHED.counter(&[]),
             open_connections: open,
         }
