@@ -2,8 +2,8 @@
 //!
 //! - [`catalog`]: every metric's name, type, unit, labels, help and buckets; `METRICS.md` is
 //!   generated from it.
-//! - [`recorder`]: the metrics recorder (atomic series, explicit buckets) and `/metrics`, build info,
-//!   process metrics and uptime.
+//! - [`recorder`]: the metrics recorder (atomic series, explicit buckets) and `/metrics`,
+//!   build info, process metrics and uptime.
 //! - [`http`]: the RED layer (OpenTelemetry HTTP conventions, route templates as labels).
 //! - [`health`]: component checks behind `/health`, `/health/live` and `/health/ready`.
 //! - [`server`]: the ops router, the middleware stack (request ids, spans, metrics), `serve`.
