@@ -368,6 +368,9 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
     let mut windows: BTreeMap<(String, i64), Expected> = BTreeMap::new();
     let mut partition_of: HashMap<String, i32> = HashMap::new();
     let mut newest: HashMap<i32, i64> = HashMap::new();
+    // What each published record was planted as, by a dead letter's identity (below): for
+    // a failure message that says what an unexpected dead letter was.
+    let mut planted: HashMap<String, (String, String)> = HashMap::new();
     for m in &published {
         let kind = m
             .headers
@@ -376,6 +379,12 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
             .expect("kind header");
         *kinds.entry(kind.clone()).or_default() += 1;
         let decoded = decode_raw(&m.payload, 0);
+        let position = format!("raw {}@{}", m.partition, m.offset);
+        let identity = match &decoded {
+            Ok(t) => t.trade_id.clone(),
+            Err(_) => format!("raw:{}:{}", m.partition, m.offset),
+        };
+        planted.insert(identity, (kind.clone(), position));
         match kind.as_str() {
             "malformed" | "missing_field" | "out_of_range" => {
                 let code = match kind.as_str() {
@@ -680,7 +689,9 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
     .await;
     let mut got_dlq: HashMap<String, String> = HashMap::new();
     let mut dlq_copies = 0;
+    let mut where_from: HashMap<&str, &ReadMessage> = HashMap::new();
     for (m, identity, ()) in &dead {
+        where_from.entry(identity.as_str()).or_insert(m);
         let h = |name: &str| m.headers.get(name).cloned().unwrap_or_default();
         assert!(
             !h(dlq::HEADER_ERROR_REASON).is_empty(),
@@ -699,10 +710,50 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
         .into_iter()
         .map(|(k, v)| (k, v.to_owned()))
         .collect();
-    assert_eq!(
-        got_dlq, want_dlq,
-        "the DLQ holds exactly the planted bad and late records"
-    );
+    if got_dlq != want_dlq {
+        // Each side named with what the generator planted it as (an unexpected dead letter
+        // of a valid trade that is also in a bar was dead-lettered on a second delivery)
+        // and, for what arrived, the stage, source position and reason it came with.
+        let describe = |identity: &str, code: &str| {
+            let (kind, position) = planted
+                .get(identity)
+                .map_or(("not published", "-"), |(k, p)| (k.as_str(), p.as_str()));
+            let came = where_from.get(identity).map_or(String::new(), |m| {
+                let h = |name: &str| m.headers.get(name).cloned().unwrap_or_default();
+                format!(
+                    "; from {} at {}[{}]@{}: {}",
+                    h(dlq::HEADER_STAGE),
+                    h(dlq::HEADER_SOURCE_TOPIC),
+                    h(dlq::HEADER_SOURCE_PARTITION),
+                    h(dlq::HEADER_SOURCE_OFFSET),
+                    h(dlq::HEADER_ERROR_REASON)
+                )
+            });
+            format!("{identity} {code} (planted as {kind}, {position}{came})")
+        };
+        let missing: Vec<String> = want_dlq
+            .iter()
+            .filter(|(k, _)| !got_dlq.contains_key(*k))
+            .map(|(k, code)| describe(k, code))
+            .collect();
+        let extra: Vec<String> = got_dlq
+            .iter()
+            .filter(|(k, _)| !want_dlq.contains_key(*k))
+            .map(|(k, code)| describe(k, code))
+            .collect();
+        panic!(
+            "the DLQ holds exactly the planted bad and late records: {} planted, {} distinct read \
+             ({} messages); {} missing {:?}; {} unexpected {:?}\n{}",
+            want_dlq.len(),
+            got_dlq.len(),
+            dead.len(),
+            missing.len(),
+            &missing[..missing.len().min(10)],
+            extra.len(),
+            &extra[..extra.len().min(10)],
+            reports(logs.iter().copied()).await
+        );
+    }
 
     // Nothing lost, nothing counted twice.
     let dead_lettered = want_dlq.len() as u64;
