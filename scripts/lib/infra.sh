@@ -157,8 +157,29 @@ ensure_rust_toolchain() {
   fi
 }
 
+# A port free on loopback now that no script of this machine handed out lately. The kernel
+# may give a port just released again, and a port handed out is released until its service
+# binds it: two services of one stack could get the same port, and the later one would not
+# start. The ports handed out are remembered in a file (the last 1,000, under a lock).
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+  python3 - "${TMPDIR:-/tmp}/tidewatch-ports-given" <<'PY'
+import fcntl, socket, sys
+with open(sys.argv[1], "a+") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    f.seek(0)
+    given = f.read().split()[-1000:]
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+        s.close()
+        if port not in given:
+            break
+    f.seek(0)
+    f.truncate()
+    f.write("\n".join(given + [port]) + "\n")
+print(port)
+PY
 }
 
 wait_for() { # description timeout_seconds command...

@@ -5,10 +5,11 @@
 //! (`target/<profile>/`); run the tests through `scripts/test`, which also starts the broker
 //! and PostgreSQL they need.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -30,12 +31,22 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A port free on loopback right now.
+/// A port free on loopback right now that this process has not handed out before. The
+/// kernel may give a port just released again, and a port handed out stays released until
+/// its service binds it: a CI run started aggregate and project on the same port, and
+/// project exited with "address in use" while aggregate answered its readiness probe.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 pub fn env_var(name: &str) -> String {
