@@ -714,10 +714,13 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
         // Each side named with what the generator planted it as (an unexpected dead letter
         // of a valid trade that is also in a bar was dead-lettered on a second delivery)
         // and, for what arrived, the stage, source position and reason it came with.
-        let describe = |identity: &str, code: &str| {
-            let (kind, position) = planted
+        let kind_of = |identity: &str| {
+            planted
                 .get(identity)
-                .map_or(("not published", "-"), |(k, p)| (k.as_str(), p.as_str()));
+                .map_or("not published", |(kind, _)| kind.as_str())
+        };
+        let detail = |identity: &str, code: &str| {
+            let position = planted.get(identity).map_or("-", |(_, p)| p.as_str());
             let came = where_from.get(identity).map_or(String::new(), |m| {
                 let h = |name: &str| m.headers.get(name).cloned().unwrap_or_default();
                 format!(
@@ -729,28 +732,46 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
                     h(dlq::HEADER_ERROR_REASON)
                 )
             });
-            format!("{identity} {code} (planted as {kind}, {position}{came})")
+            format!(
+                "  {identity} {code}: planted as {}, {position}{came}",
+                kind_of(identity)
+            )
         };
-        let missing: Vec<String> = want_dlq
+        let missing: Vec<(&String, &String)> = want_dlq
             .iter()
             .filter(|(k, _)| !got_dlq.contains_key(*k))
-            .map(|(k, code)| describe(k, code))
             .collect();
-        let extra: Vec<String> = got_dlq
+        let extra: Vec<(&String, &String)> = got_dlq
             .iter()
             .filter(|(k, _)| !want_dlq.contains_key(*k))
-            .map(|(k, code)| describe(k, code))
             .collect();
+        // The first line short (a CI excerpt may keep only it), the details one per line.
+        let short = |list: &[(&String, &String)]| {
+            list.iter()
+                .take(3)
+                .map(|(k, code)| format!("{k} {code} ({})", kind_of(k)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let details = |list: &[(&String, &String)]| {
+            list.iter()
+                .take(10)
+                .map(|(k, code)| detail(k, code))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
         panic!(
-            "the DLQ holds exactly the planted bad and late records: {} planted, {} distinct read \
-             ({} messages); {} missing {:?}; {} unexpected {:?}\n{}",
+            "the DLQ holds exactly the planted bad and late records: {} missing [{}], {} unexpected \
+             [{}]; {} planted, {} distinct read ({} messages)\nmissing:\n{}\nunexpected:\n{}\n{}",
+            missing.len(),
+            short(&missing),
+            extra.len(),
+            short(&extra),
             want_dlq.len(),
             got_dlq.len(),
             dead.len(),
-            missing.len(),
-            &missing[..missing.len().min(10)],
-            extra.len(),
-            &extra[..extra.len().min(10)],
+            details(&missing),
+            details(&extra),
             reports(logs.iter().copied()).await
         );
     }
