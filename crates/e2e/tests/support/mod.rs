@@ -349,6 +349,12 @@ pub async fn reports<'a>(services: impl IntoIterator<Item = &'a Service>) -> Str
     out.join("\n")
 }
 
+/// A dead letter's identity when it is of a raw record (one that never became a trade): its
+/// position in the raw topic, as the expectation and the dead letter's headers both give it.
+fn raw_identity(partition: impl std::fmt::Display, offset: impl std::fmt::Display) -> String {
+    format!("raw:{partition}:{offset}")
+}
+
 /// Recomputes, from what the generator published (exactly `records` records), every bar,
 /// feature vector and dead letter, and asserts that the topics and project's PostgreSQL
 /// hold exactly those: every closed window once as a bar (a replayed bar identical), every
@@ -370,7 +376,7 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
     let mut newest: HashMap<i32, i64> = HashMap::new();
     // What each published record was planted as, by a dead letter's identity (below): for
     // a failure message that says what an unexpected dead letter was.
-    let mut planted: HashMap<String, (String, String)> = HashMap::new();
+    let mut planted: HashMap<String, (String, i32, i64)> = HashMap::new();
     for m in &published {
         let kind = m
             .headers
@@ -379,12 +385,11 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
             .expect("kind header");
         *kinds.entry(kind.clone()).or_default() += 1;
         let decoded = decode_raw(&m.payload, 0);
-        let position = format!("raw {}@{}", m.partition, m.offset);
         let identity = match &decoded {
             Ok(t) => t.trade_id.clone(),
-            Err(_) => format!("raw:{}:{}", m.partition, m.offset),
+            Err(_) => raw_identity(m.partition, m.offset),
         };
-        planted.insert(identity, (kind.clone(), position));
+        planted.insert(identity, (kind.clone(), m.partition, m.offset));
         match kind.as_str() {
             "malformed" | "missing_field" | "out_of_range" => {
                 let code = match kind.as_str() {
@@ -393,7 +398,7 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
                     _ => "out_of_range",
                 };
                 assert!(decoded.is_err(), "{kind} record decodes");
-                want_dlq.insert(format!("raw:{}:{}", m.partition, m.offset), code);
+                want_dlq.insert(raw_identity(m.partition, m.offset), code);
             }
             "unknown_symbol" => {
                 let id = decoded.expect("decodes").trade_id;
@@ -664,10 +669,9 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
     let identity = |m: &ReadMessage| {
         let h = |name: &str| m.headers.get(name).cloned().unwrap_or_default();
         if h(dlq::HEADER_SOURCE_TOPIC) == run.raw {
-            format!(
-                "raw:{}:{}",
+            raw_identity(
                 h(dlq::HEADER_SOURCE_PARTITION),
-                h(dlq::HEADER_SOURCE_OFFSET)
+                h(dlq::HEADER_SOURCE_OFFSET),
             )
         } else {
             let trade: serde_json::Value =
@@ -717,10 +721,12 @@ pub async fn account(brokers: &str, run: &Run, records: u64, logs: &[&Service]) 
         let kind_of = |identity: &str| {
             planted
                 .get(identity)
-                .map_or("not published", |(kind, _)| kind.as_str())
+                .map_or("not published", |(kind, _, _)| kind.as_str())
         };
         let detail = |identity: &str, code: &str| {
-            let position = planted.get(identity).map_or("-", |(_, p)| p.as_str());
+            let position = planted
+                .get(identity)
+                .map_or("-".to_owned(), |(_, p, o)| format!("raw {p}@{o}"));
             let came = where_from.get(identity).map_or(String::new(), |m| {
                 let h = |name: &str| m.headers.get(name).cloned().unwrap_or_default();
                 format!(
